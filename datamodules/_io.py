@@ -1,0 +1,314 @@
+"""Private I/O helpers for the data layer.
+
+* :class:`DataError` -- the one exception type for bad input; its message names the file or
+  field at fault and says how to fix it (``"<file>: <what is wrong>; fix: <what to do>"``).
+* :func:`atomic_dir` -- build a directory under a temporary name next to its destination and
+  rename it into place only when everything succeeded.
+* :func:`read_tsv` -- read a tab-separated table with required columns and clear errors.
+* :class:`NpyRowWriter` -- write a ``.npy`` file row block by row block with plain file writes
+  (no writable memmap, so dirty pages never inflate the writer's RSS).
+* :class:`RowAccumulator` -- a float64 on-disk accumulator of rows (sums + counts), used to
+  average repeated trials without holding them in RAM.
+* :class:`MmapRows` -- read rows of a ``.npy`` file through an ``mmap.mmap`` owned by this
+  object, dropping the mapped pages (``madvise(MADV_DONTNEED)``) every so often so the
+  reader's RSS stays bounded however large the file is; pickles without the mapping so
+  DataLoader workers reopen it lazily.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "DataError",
+    "atomic_dir",
+    "read_tsv",
+    "NpyRowWriter",
+    "RowAccumulator",
+    "MmapRows",
+    "read_npy_header",
+]
+
+
+class DataError(ValueError):
+    """Bad or missing input data. The message names the file/field and the fix."""
+
+
+def _fmt_list(items: Sequence[Any], limit: int = 8) -> str:
+    items = list(items)
+    shown = ", ".join(str(x) for x in items[:limit])
+    if len(items) > limit:
+        shown += f", ... ({len(items)} in all)"
+    return shown
+
+
+# ----------------------------------------------------------------------------- atomic dirs
+def _tmp_name(out_dir: Path, tag: str) -> Path:
+    return out_dir.parent / f".{out_dir.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary directory next to ``out_dir``; on success rename it to ``out_dir``.
+
+    On any exception (KeyboardInterrupt included) the temporary directory is removed and
+    ``out_dir`` is left as it was. With ``overwrite=True`` an existing ``out_dir`` is replaced
+    (moved aside, then deleted after the new one is in place); without it an existing
+    ``out_dir`` is an error.
+    """
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(out, "tmp")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if out.exists():
+            if not overwrite:
+                raise DataError(f"{out}: already exists; fix: pass overwrite=True or choose another directory")
+            old = _tmp_name(out, "old")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ----------------------------------------------------------------------------- TSV
+def read_tsv(path: str | os.PathLike, required: dict[str, type], what: str = "") -> "Any":
+    """Read a TSV file into a pandas DataFrame, checking required columns and their types.
+
+    ``required`` maps column name -> python type (``str``, ``int``, ``float``); string columns
+    are read as ``str`` (so ids such as ``"007"`` keep their zeros). Raises :class:`DataError`
+    naming the file, the column and the fix.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    label = f"{path}" + (f" ({what})" if what else "")
+    if not path.is_file():
+        raise DataError(f"{label}: file not found; fix: create it with tab-separated columns {list(required)}")
+    dtypes = {k: str for k, t in required.items() if t is str}
+    try:
+        df = pd.read_csv(path, sep="\t", dtype=dtypes, keep_default_na=False, na_values=[])
+    except Exception as exc:  # pandas raises several types for malformed files
+        raise DataError(f"{label}: cannot be parsed as a tab-separated table ({exc}); fix: write it as TSV "
+                        f"with a header row and columns {list(required)}") from exc
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise DataError(f"{label}: missing column(s) {missing} (found {list(df.columns)}); "
+                        f"fix: add them (tab-separated, header row)")
+    for col, typ in required.items():
+        if typ is str:
+            df[col] = df[col].astype(str)
+            empty = np.flatnonzero(df[col].str.len().to_numpy() == 0)
+            if empty.size:
+                raise DataError(f"{label}: column '{col}' is empty on row(s) {_fmt_list(empty + 2)} "
+                                f"(file line numbers); fix: fill in every value")
+            continue
+        try:
+            values = pd.to_numeric(df[col], errors="raise")
+        except Exception as exc:
+            raise DataError(f"{label}: column '{col}' must be {typ.__name__} ({exc}); fix: correct the values") from exc
+        if typ is int:
+            arr = values.to_numpy()
+            if arr.dtype.kind == "f":
+                if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+                    bad = np.flatnonzero(~np.isfinite(arr) | (arr != np.round(arr)))
+                    raise DataError(f"{label}: column '{col}' must hold integers; bad value(s) on file line(s) "
+                                    f"{_fmt_list(bad + 2)}; fix: correct them")
+            values = values.astype(np.int64)
+        else:
+            values = values.astype(np.float64)
+        df[col] = values
+    return df
+
+
+# ----------------------------------------------------------------------------- npy writing / reading
+def read_npy_header(fp) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """Read the header of an open ``.npy`` file; return (shape, fortran_order, dtype, data offset)."""
+    version = np.lib.format.read_magic(fp)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
+    else:  # pragma: no cover - numpy only writes 1.0/2.0/3.0
+        shape, fortran, dtype = np.lib.format._read_array_header(fp, version)
+    return tuple(shape), fortran, dtype, fp.tell()
+
+
+class NpyRowWriter:
+    """Write a C-ordered ``.npy`` array of known shape with plain ``write`` calls.
+
+    ``append(block)`` writes rows sequentially; ``write_rows_at(start, block)`` writes at a row
+    offset (``os.pwrite``), for scattered output. ``close()`` checks every row was written
+    when only sequential appends were used.
+    """
+
+    def __init__(self, path: str | os.PathLike, shape: Sequence[int], dtype: Any):
+        self.path = Path(path)
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self._f = open(self.path, "wb")
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
+        np.lib.format.write_array_header_2_0(self._f, header) if self._needs_v2(header) else \
+            np.lib.format.write_array_header_1_0(self._f, header)
+        self.offset = self._f.tell()
+        self.rows_written = 0
+        self._scattered = False
+        total = self.offset + self.row_bytes * self.shape[0]
+        self._f.truncate(total)  # sparse file of the final size: pwrite anywhere is valid
+
+    @staticmethod
+    def _needs_v2(header: dict) -> bool:
+        return len(repr(header)) > 65000
+
+    def append(self, block: np.ndarray) -> None:
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        n = block.shape[0] if block.ndim else 1
+        if self.rows_written + n > self.shape[0]:
+            raise ValueError(f"{self.path}: writing past the declared {self.shape[0]} rows")
+        self._f.seek(self.offset + self.rows_written * self.row_bytes)
+        self._f.write(block.tobytes())
+        self.rows_written += n
+
+    def write_rows_at(self, start: int, block: np.ndarray) -> None:
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        self._f.flush()
+        os.pwrite(self._f.fileno(), block.tobytes(), self.offset + int(start) * self.row_bytes)
+        self._scattered = True
+
+    def close(self) -> None:
+        if self._f.closed:
+            return
+        self._f.close()
+        if not self._scattered and self.rows_written != self.shape[0]:
+            raise ValueError(f"{self.path}: {self.rows_written} rows written, {self.shape[0]} declared")
+
+    def __enter__(self) -> "NpyRowWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.close()
+        else:
+            self._f.close()
+
+
+class RowAccumulator:
+    """Sum rows into an on-disk float64 table (``pread``/``pwrite``), then read out means.
+
+    Memory use is O(row width), independent of the number of rows or additions.
+    """
+
+    def __init__(self, path: str | os.PathLike, n_rows: int, width: int):
+        self.path = Path(path)
+        self.n_rows, self.width = int(n_rows), int(width)
+        self.row_bytes = self.width * 8
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.ftruncate(self._fd, self.n_rows * self.row_bytes)  # zeros
+        self.counts = np.zeros(self.n_rows, dtype=np.int64)
+
+    def add(self, rows: np.ndarray, values: np.ndarray) -> None:
+        """Add ``values[i]`` to row ``rows[i]`` (rows may repeat)."""
+        for r, v in zip(np.asarray(rows, dtype=np.int64), np.asarray(values)):
+            off = int(r) * self.row_bytes
+            cur = np.frombuffer(os.pread(self._fd, self.row_bytes, off), dtype=np.float64)
+            os.pwrite(self._fd, (cur + v).tobytes(), off)
+            self.counts[r] += 1
+
+    def iter_means(self, chunk_rows: int = 256) -> Iterator[np.ndarray]:
+        """Yield the means of consecutive row blocks (float64)."""
+        for a in range(0, self.n_rows, chunk_rows):
+            b = min(a + chunk_rows, self.n_rows)
+            buf = os.pread(self._fd, (b - a) * self.row_bytes, a * self.row_bytes)
+            sums = np.frombuffer(buf, dtype=np.float64).reshape(b - a, self.width)
+            yield sums / np.maximum(self.counts[a:b, None], 1)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+
+class MmapRows:
+    """Rows of a ``.npy`` file read through a private ``mmap.mmap`` with bounded RSS.
+
+    ``take(sorted_rows)`` returns a copy of those rows (any integer index array; sorted
+    indices read the file sequentially). After ``release_every`` bytes have been touched the
+    mapping's pages are dropped with ``madvise(MADV_DONTNEED)`` -- the data stay in the page
+    cache, but no longer count toward this process's RSS.
+    """
+
+    def __init__(self, path: str | os.PathLike, release_every: int = 256 << 20):
+        self.path = str(path)
+        self.release_every = int(release_every)
+        with open(self.path, "rb") as f:
+            shape, fortran, dtype, offset = read_npy_header(f)
+        if fortran:
+            raise DataError(f"{self.path}: Fortran-ordered array; fix: re-run prepare")
+        self.shape, self.dtype, self.offset = shape, dtype, offset
+        self._mm: mmap.mmap | None = None
+        self._arr: np.ndarray | None = None
+        self._touched = 0
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _open(self) -> np.ndarray:
+        if self._arr is None:
+            n = int(np.prod(self.shape, dtype=np.int64))
+            if n == 0:
+                self._arr = np.empty(self.shape, dtype=self.dtype)
+                return self._arr
+            with open(self.path, "rb") as f:
+                self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._arr = np.frombuffer(self._mm, dtype=self.dtype, count=n, offset=self.offset).reshape(self.shape)
+        return self._arr
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        arr = self._open()
+        out = arr[rows]  # fancy indexing copies
+        self._touched += out.nbytes
+        if self._touched >= self.release_every:
+            self.release()
+        return out
+
+    def release(self) -> None:
+        """Drop this process's mapped pages (RSS) without closing the mapping."""
+        self._touched = 0
+        if self._mm is not None and hasattr(self._mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            with contextlib.suppress(OSError, ValueError):
+                self._mm.madvise(mmap.MADV_DONTNEED)
+
+    def close(self) -> None:
+        self._arr = None
+        if self._mm is not None:
+            with contextlib.suppress(BufferError):  # a view still alive: let GC close it
+                self._mm.close()
+            self._mm = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_mm"] = None
+        state["_arr"] = None
+        state["_touched"] = 0
+        return state
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        with contextlib.suppress(Exception):
+            self.close()

@@ -1,0 +1,63 @@
+"""One clear line for a bad command line or config, instead of a page of usage text."""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import NoReturn
+
+from jsonargparse import ArgumentParser
+from lightning.pytorch.cli import LightningArgumentParser
+
+_KEY_PATTERNS = (
+    re.compile(r"Option '([^']+)' is not accepted"),
+    re.compile(r"Key '([^']+)' is not expected"),
+    re.compile(r"Key \"([^\"]+)\" is not expected"),
+    re.compile(r"unrecognized arguments?: (.+)"),
+)
+
+
+CONFIG_FILES: list[str] = []  # set by litbrain.cli.main so errors can name the file
+
+
+def config_files(args: list[str]) -> list[str]:
+    files = []
+    for i, a in enumerate(args):
+        if a in ("-c", "--config") and i + 1 < len(args):
+            files.append(args[i + 1])
+        elif a.startswith("--config="):
+            files.append(a.split("=", 1)[1])
+    return files
+
+
+def concise_message(message: str) -> str:
+    """The line of a jsonargparse error that names the bad key, with its context."""
+    lines = [ln.strip(" -") for ln in str(message).splitlines() if ln.strip(" -")]
+    context = next((ln for ln in lines if ln.startswith("Problem with given class_path")), "")
+    for ln in lines:
+        for pat in _KEY_PATTERNS:
+            m = pat.search(ln)
+            if m:
+                where = f" ({context.rstrip(':')})" if context else ""
+                if CONFIG_FILES:
+                    where += f" in {', '.join(CONFIG_FILES)} or the command line"
+                return (
+                    f"unknown key {m.group(1)!r}{where}; fix: correct or remove it "
+                    f"(`--help` lists the accepted keys, `--print_config` shows a valid config)"
+                )
+    return lines[0] if lines else "invalid arguments"
+
+
+class _ConciseErrors:
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:  # type: ignore[override]
+        prog = getattr(self, "prog", "litbrain") or "litbrain"
+        sys.stderr.write(f"{prog}: error: {concise_message(message)}\n")
+        raise SystemExit(2)
+
+
+class ConciseArgumentParser(_ConciseErrors, ArgumentParser):
+    pass
+
+
+class ConciseLightningArgumentParser(_ConciseErrors, LightningArgumentParser):
+    pass

@@ -1,0 +1,109 @@
+"""The one entry point: ``litbrain <verb>``.
+
+Training verbs (fit, validate, test, predict) are LightningCLI subcommands; the data and
+release verbs are typed functions parsed by jsonargparse. Every verb takes ``--config
+FILE.yaml`` (repeatable, later files override earlier ones) plus ``--key value`` overrides.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+TRAINING_VERBS = {
+    "fit": "train a task (LightningCLI)",
+    "validate": "run the validation loop on a checkpoint",
+    "test": "run the test loop on a checkpoint",
+    "predict": "run prediction on a checkpoint",
+}
+
+
+# ---------------------------------------------------------------- function verbs
+def _function_verbs() -> dict[str, tuple[Callable[..., Any], str]]:
+    # Imported lazily: `litbrain --help` should not pay for torch/lightning imports.
+    from litbrain import evaluation, hub
+    from litbrain.datamodules import fmri_prepare, fmri_synthetic
+
+    fns = {
+        "synthesize": fmri_synthetic.synthesize_fmri,
+        "prepare": fmri_prepare.prepare_fmri,
+        "evaluate": evaluation.evaluate_decoder,
+        "export": hub.export_from_cli,
+    }
+    return {verb: (fn, FUNCTION_VERB_HELP[verb]) for verb, fn in fns.items()}
+
+
+FUNCTION_VERB_HELP = {
+    "synthesize": "write a synthetic NSD-like fMRI dataset with known ground truth",
+    "prepare": "mask, z-score and shard raw NIfTI betas into a prepared dataset",
+    "evaluate": "retrieval/identification of a decoder vs ridge, oracle and chance",
+    "export": "turn a checkpoint into a release folder (safetensors + config.json + card)",
+}
+
+
+def _usage() -> str:
+    lines = ["usage: litbrain <verb> [--config FILE.yaml ...] [--key value ...]", "", "verbs:"]
+    for verb, text in {**TRAINING_VERBS, **FUNCTION_VERB_HELP}.items():
+        lines.append(f"  {verb:<11} {text}")
+    lines += ["", "`litbrain <verb> --help` lists a verb's options; every run is a YAML file in configs/."]
+    return "\n".join(lines)
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from litbrain.datamodules import DataError
+    from litbrain.hub import ReleaseError
+    from litbrain.tasks import SubjectMismatchError
+
+    return (DataError, ReleaseError, SubjectMismatchError)
+
+
+def _fail(verb: str, err: BaseException) -> None:
+    print(f"litbrain {verb}: error: {err}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def run_training_verb(args: list[str]) -> None:
+    from litbrain.training_cli import LitbrainCLI
+
+    # LightningCLI warns when it is given args while sys.argv holds others (e.g. pytest's).
+    saved, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        LitbrainCLI(args=args)
+    finally:
+        sys.argv = saved
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return
+    verb, rest = argv[0], argv[1:]
+    from litbrain import _cli_errors
+
+    _cli_errors.CONFIG_FILES[:] = _cli_errors.config_files(rest)
+    if verb not in TRAINING_VERBS and verb not in FUNCTION_VERB_HELP:
+        print(_usage(), file=sys.stderr)
+        print(f"\nlitbrain: error: unknown verb {verb!r}", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        if verb in TRAINING_VERBS:
+            run_training_verb([verb, *rest])
+        else:
+            from jsonargparse import auto_cli
+
+            from litbrain._cli_errors import ConciseArgumentParser
+
+            fn, _ = _function_verbs()[verb]
+            result = auto_cli(fn, args=rest, as_positional=False, parser_class=ConciseArgumentParser, prog=f"litbrain {verb}")
+            if isinstance(result, (str, Path)):
+                print(result)
+    except _known_errors() as err:
+        _fail(verb, err)
+
+
+if __name__ == "__main__":
+    main()

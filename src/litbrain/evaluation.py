@@ -1,0 +1,226 @@
+"""Evaluate a trained decoder side by side with the ridge baseline, the oracle and chance.
+
+MindEye protocol: top-1 retrieval among ``retrieval_pool`` random test samples averaged over
+``retrieval_draws`` draws, both directions (named as in ``litbrain.metrics``), and 2-way
+identification. Writes ``metrics.json`` and ``retrieval.png`` to ``out_dir`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from litbrain.baselines import fit_ridge
+from litbrain.metrics import similarity_matrix, top1_retrieval, two_way_identification
+
+
+def _load_split(data_dir: Path, subject: str, split: str) -> tuple[torch.Tensor, np.ndarray]:
+    from litbrain.datamodules import DataError
+
+    brain_file = data_dir / subject / f"{split}_brain.npy"
+    stim_file = data_dir / subject / f"{split}_stimulus.npy"
+    if not brain_file.is_file() or not stim_file.is_file():
+        raise DataError(f"{brain_file}: missing; fix: run `litbrain prepare` for {data_dir}")
+    brain = torch.from_numpy(np.load(brain_file, mmap_mode="r").astype(np.float32))
+    stimulus = np.load(stim_file)
+    if brain.shape[0] == 0:
+        raise DataError(f"{brain_file}: the {split} split of {subject} is empty; fix: prepare a dataset with {split} trials")
+    return brain, stimulus
+
+
+def _scores(pred: torch.Tensor, target: torch.Tensor, pool: int, draws: int, seed: int) -> dict[str, float]:
+    out = top1_retrieval(pred, target, pool, draws, seed)
+    out["two_way_identification"] = two_way_identification(pred, target)
+    return out
+
+
+def _load_model(checkpoint: Path):
+    from litbrain.hub import decoder_from_checkpoint, load_release
+
+    return load_release(checkpoint) if checkpoint.is_dir() else decoder_from_checkpoint(checkpoint)
+
+
+@torch.no_grad()
+def _decode(model, subject: str, brain: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    outs = [model({subject: brain[i : i + batch_size]})["image_projection"] for i in range(0, brain.shape[0], batch_size)]
+    return torch.cat(outs)
+
+
+def _write_figure(path: Path, sim: torch.Tensor, stimulus_ids: list[str], images: dict[str, Path], n_show: int = 40) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = min(n_show, sim.shape[0])
+    n_queries, k = min(5, n), 4
+    fig = plt.figure(figsize=(12, 6))
+    ax = fig.add_axes([0.04, 0.1, 0.42, 0.8])
+    im = ax.imshow(sim[:n, :n].numpy(), cmap="viridis")
+    ax.set_title(f"cosine(brain_i, image_j), first {n} test stimuli")
+    ax.set_xlabel("image j")
+    ax.set_ylabel("brain i")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ranked = sim[:n_queries].argsort(dim=1, descending=True)[:, :k]
+    for q in range(n_queries):
+        cells = [q] + ranked[q].tolist()
+        for c, idx in enumerate(cells):
+            a = fig.add_axes([0.52 + c * 0.095, 0.78 - q * 0.17, 0.085, 0.15])
+            a.set_xticks([])
+            a.set_yticks([])
+            sid = stimulus_ids[idx]
+            if sid in images and images[sid].is_file():
+                a.imshow(plt.imread(images[sid]))
+            else:
+                a.text(0.5, 0.5, sid, ha="center", va="center", fontsize=7)
+            colour = "black" if c == 0 else ("green" if idx == q else "red")
+            for spine in a.spines.values():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(2)
+            if q == 0:
+                a.set_title("seen" if c == 0 else f"top-{c}", fontsize=8)
+    fig.suptitle("brain -> image retrieval (green: correct)")
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    head = f"{'method':<10} {'brain->image':>13} {'image->brain':>13} {'2-way id':>9}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        tw = r.get("two_way_identification")
+        lines.append(
+            f"{r['method']:<10} {100 * r['brain_to_image']:>12.1f}% {100 * r['image_to_brain']:>12.1f}% "
+            + (f"{100 * tw:>8.1f}%" if tw is not None else f"{'':>9}")
+        )
+    return "\n".join(lines)
+
+
+def evaluate_decoder(
+    data_dir: str,
+    checkpoint: str,
+    out_dir: str = "results",
+    raw_dir: Optional[str] = None,
+    split: str = "test",
+    subjects: Optional[list[str]] = None,
+    retrieval_pool: int = 300,
+    retrieval_draws: int = 30,
+    ridge_alphas: list[float] = [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0],
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Score a decoder, the closed-form ridge baseline, the oracle and chance on one split.
+
+    Args:
+        data_dir: a dataset written by ``litbrain prepare``.
+        checkpoint: a Lightning ``.ckpt`` or a release folder.
+        out_dir: where ``metrics.json`` and ``retrieval.png`` go.
+        raw_dir: the raw dataset; with a synthetic ``truth.npz`` it adds the oracle row, and
+            its images illustrate the figure.
+        split: ``test`` (shared stimuli, repeats averaged) or ``val``.
+        subjects: subjects to score (default: every subject of the data the model knows).
+        retrieval_pool / retrieval_draws: MindEye protocol, 300 samples and 30 draws.
+        ridge_alphas: ridge penalties (relative to the mean Gram eigenvalue), picked on ``val``.
+        seed: seed of the retrieval draws.
+    """
+    from litbrain.datamodules import DataError
+
+    data = Path(data_dir)
+    manifest_file = data / "manifest.json"
+    if not manifest_file.is_file():
+        raise DataError(f"{manifest_file}: missing; fix: run `litbrain prepare` first")
+    manifest = json.loads(manifest_file.read_text())
+    model = _load_model(Path(checkpoint))
+    known = model.subjects
+    chosen = subjects or [s for s in manifest["subjects"] if s in known]
+    for s in chosen:
+        if s not in manifest["subjects"]:
+            raise DataError(f"{data}: no subject {s!r} (available: {list(manifest['subjects'])}); fix: evaluate.subjects")
+        if s not in known:
+            raise DataError(f"{checkpoint}: the model has no adapter for {s!r}; fix: fine-tune one or drop it")
+    if not chosen:
+        raise DataError(f"{checkpoint}: none of the model's subjects {list(known)} is in {data}")
+    targets = torch.from_numpy(np.load(data / "image_embedding.npy"))
+    stimulus_ids = [line.split("\t")[0] for line in (data / "stimuli.tsv").read_text().splitlines()[1:]]
+
+    oracle_fn = None
+    if raw_dir and (Path(raw_dir) / "truth.npz").is_file():
+        from litbrain.datamodules.fmri_synthetic import synthetic_oracle
+
+        oracle_fn = synthetic_oracle
+
+    per_subject: dict[str, dict[str, dict[str, float]]] = {}
+    first_sim = None
+    first_ids: list[str] = []
+    for s in chosen:
+        brain, stim = _load_split(data, s, split)
+        target = targets[stim]
+        pred = _decode(model, s, brain)
+        res = {"decoder": _scores(pred, target, retrieval_pool, retrieval_draws, seed)}
+        x_tr, st_tr = _load_split(data, s, "train")
+        x_va, st_va = _load_split(data, s, "val")
+
+        def val_score(p: torch.Tensor, t: torch.Tensor) -> float:
+            r = top1_retrieval(p, t, retrieval_pool, 5, seed)
+            return r["brain_to_image"] + r["image_to_brain"]
+
+        ridge = fit_ridge(x_tr, targets[st_tr], ridge_alphas, x_va, targets[st_va], val_score)
+        res["ridge"] = _scores(ridge.predict(brain).float(), target, retrieval_pool, retrieval_draws, seed)
+        res["ridge"]["alpha"] = ridge.alpha
+        if oracle_fn is not None:
+            oracle = torch.as_tensor(np.asarray(oracle_fn(raw_dir, data_dir, s, split)), dtype=torch.float32)
+            res["oracle"] = _scores(oracle, target, retrieval_pool, retrieval_draws, seed)
+        chance = res["decoder"]["chance"]
+        res["chance"] = {"brain_to_image": chance, "image_to_brain": chance, "two_way_identification": 0.5}
+        per_subject[s] = res
+        if first_sim is None:
+            first_sim = similarity_matrix(pred, target)
+            first_ids = [stimulus_ids[i] for i in stim]
+
+    methods = list(next(iter(per_subject.values())).keys())
+    rows = []
+    for m in methods:
+        row: dict[str, Any] = {"method": m}
+        for key in ("brain_to_image", "image_to_brain", "two_way_identification"):
+            row[key] = float(np.mean([per_subject[s][m][key] for s in chosen]))
+        rows.append(row)
+    summary: dict[str, Any] = {"split": split, "subjects": chosen, "pool": retrieval_pool, "draws": retrieval_draws, "rows": rows, "per_subject": per_subject}
+    by = {r["method"]: r for r in rows}
+    if "oracle" in by:
+        summary["decoder_over_oracle"] = {
+            d: by["decoder"][d] / max(by["oracle"][d], 1e-12) for d in ("brain_to_image", "image_to_brain")
+        }
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / "metrics.json", json.dumps(summary, indent=2))
+    images: dict[str, Path] = {}
+    if raw_dir and (Path(raw_dir) / "stimuli.tsv").is_file():
+        import csv
+
+        with open(Path(raw_dir) / "stimuli.tsv") as f:
+            for r in csv.DictReader(f, delimiter="\t"):
+                images[r["stimulus_id"]] = Path(raw_dir) / r["image"]
+    fig_tmp = out / ".retrieval.tmp.png"
+    _write_figure(fig_tmp, first_sim, first_ids, images)
+    os.replace(fig_tmp, out / "retrieval.png")
+
+    print(f"\n{split} split, subjects {', '.join(chosen)}: top-1 among {retrieval_pool} x {retrieval_draws} draws")
+    print(format_table(rows))
+    if "decoder_over_oracle" in summary:
+        r = summary["decoder_over_oracle"]
+        print(f"decoder / oracle: brain->image {r['brain_to_image']:.3f}, image->brain {r['image_to_brain']:.3f}")
+    print(f"wrote {out / 'metrics.json'} and {out / 'retrieval.png'}")
+    return summary

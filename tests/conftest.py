@@ -1,0 +1,42 @@
+"""Shared pytest fixtures. ``tiny_raw`` / ``tiny_prepared`` are reused by model tests."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+# Small enough for tests (< 2 s to synthesize + prepare), big enough for every split and the oracle.
+TINY_SYNTH = dict(
+    n_subjects=3,
+    n_stimuli=330,  # 30 shared + 100 own stimuli per subject
+    n_shared=30,
+    repeats=3,
+    trials_per_session=50,  # 190 trials per subject -> 4 sessions
+    n_voxels=[180, 240, 300],
+    latent_dim=8,
+    image_embedding_shape=(16,),
+    text_embedding_dim=8,
+    image_size=16,
+    noise=3.0,
+    seed=0,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_raw(tmp_path_factory) -> Path:
+    """A tiny synthetic raw fMRI dataset (3 subjects, 180-300 voxels, 190 trials each)."""
+    from litbrain.datamodules import synthesize_fmri
+
+    return synthesize_fmri(tmp_path_factory.mktemp("tiny") / "raw", **TINY_SYNTH)
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tiny_raw) -> Path:
+    """``tiny_raw`` prepared (val_fraction 0.1): 90 train / 10 val / 30 test rows per subject."""
+    from litbrain.datamodules import prepare_fmri
+
+    return prepare_fmri(tiny_raw, tiny_raw.parent / "prepared")
