@@ -53,6 +53,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def _decoder_config_from_hparams(hparams: dict[str, Any], source: Path) -> dict[str, Any]:
+    # The task calls it subject_voxels (the datamodule's hparams already use "subjects").
+    hparams = {**hparams, "subjects": hparams.get("subject_voxels") or hparams.get("subjects")}
     missing = [k for k in ("subjects", "image_embedding_shape") if not hparams.get(k)]
     if missing:
         raise ReleaseError(f"{source}: checkpoint hyper-parameters lack {missing}; fix: use a checkpoint of FmriDecodingTask")

@@ -20,7 +20,7 @@ def test_fit_through_the_cli_leaves_a_safe_checkpoint_with_the_datas_subjects(ti
     ckpt = load_checkpoint(tiny_checkpoint)  # weights_only=True
     manifest = json.loads((tiny_prepared / "manifest.json").read_text())
     expected = {s: v["n_voxels"] for s, v in manifest["subjects"].items()}
-    assert ckpt["hyper_parameters"]["subjects"] == expected
+    assert ckpt["hyper_parameters"]["subject_voxels"] == expected
     assert ckpt["hyper_parameters"]["image_embedding_shape"] == manifest["image_embedding_shape"]
     assert ckpt["global_step"] > 0
     adapters = {k.split(".")[3] for k in ckpt["state_dict"] if k.startswith("model.adapter.maps.")}

@@ -92,7 +92,7 @@ class FmriDecodingTask(L.LightningModule):
     """Adapters -> shared residual MLP -> image/text heads, trained contrastively.
 
     Args:
-        subjects: voxel count per subject id; taken from the datamodule when omitted.
+        subject_voxels: voxel count per subject id; taken from the datamodule when omitted.
         image_embedding_shape / text_embedding_dim: target shapes; from the datamodule when omitted.
         width, n_blocks, adapter, adapter_dropout, dropout, projector: see ``BrainDecoder``.
         lr: peak learning rate of the one-cycle schedule (MindEye2: 3e-4).
@@ -113,7 +113,7 @@ class FmriDecodingTask(L.LightningModule):
 
     def __init__(
         self,
-        subjects: dict[str, int] | None = None,
+        subject_voxels: dict[str, int] | None = None,
         image_embedding_shape: list[int] | None = None,
         text_embedding_dim: int | None = None,
         width: int = 4096,
@@ -156,7 +156,7 @@ class FmriDecodingTask(L.LightningModule):
             return
         data_subjects = {s: int(n) for s, n in dm.subject_voxels.items()}
         self._data_subjects = list(data_subjects)
-        known = dict(self.hparams.subjects or {})
+        known = dict(self.hparams.subject_voxels or {})
         init_subjects: dict[str, int] = {}
         if self.hparams.init_from and self.model is None:
             from litbrain.hub import read_decoder_config
@@ -169,7 +169,7 @@ class FmriDecodingTask(L.LightningModule):
         if init_subjects:
             merge_subjects(init_subjects, data_subjects, f"model.init_from={self.hparams.init_from}")
             known = merge_subjects(init_subjects, known, f"model.init_from={self.hparams.init_from}")
-        self.hparams.subjects = merge_subjects(known, data_subjects, "model.subjects")
+        self.hparams.subject_voxels = merge_subjects(known, data_subjects, "model.subject_voxels")
         if self.hparams.image_embedding_shape is None:
             self.hparams.image_embedding_shape = list(dm.image_embedding_shape)
         elif tuple(self.hparams.image_embedding_shape) != tuple(dm.image_embedding_shape):
@@ -182,19 +182,19 @@ class FmriDecodingTask(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         self._hparams_from_datamodule()
-        if not self.hparams.subjects or self.hparams.image_embedding_shape is None:
+        if not self.hparams.subject_voxels or self.hparams.image_embedding_shape is None:
             raise ValueError(
-                "FmriDecodingTask needs model.subjects and model.image_embedding_shape, "
+                "FmriDecodingTask needs model.subject_voxels and model.image_embedding_shape, "
                 "or a datamodule that provides them (data.data_dir)"
             )
-        for s in self._data_subjects or list(self.hparams.subjects):
+        for s in self._data_subjects or list(self.hparams.subject_voxels):
             self._val_metrics[s] = RetrievalMetrics(self.hparams.retrieval_pool, self.hparams.retrieval_draws)
             self._test_metrics[s] = RetrievalMetrics(self.hparams.retrieval_pool, self.hparams.retrieval_draws)
 
     def build_decoder(self) -> BrainDecoder:
         h = self.hparams
         return BrainDecoder(
-            subjects=dict(h.subjects),
+            subjects=dict(h.subject_voxels),
             image_embedding_shape=list(h.image_embedding_shape),
             text_embedding_dim=h.text_embedding_dim,
             width=h.width,
@@ -209,7 +209,7 @@ class FmriDecodingTask(L.LightningModule):
         # Layers are built here, not in __init__, so DeepSpeed ZeRO-3 can shard them at init.
         if self.model is not None:
             return
-        if not self.hparams.subjects:
+        if not self.hparams.subject_voxels:
             self.setup("fit")
         self.model = self.build_decoder()
         if self.hparams.init_from:
@@ -217,7 +217,7 @@ class FmriDecodingTask(L.LightningModule):
 
             state = read_decoder_state_dict(self.hparams.init_from)
             missing, unexpected = self.model.load_state_dict(state, strict=False)
-            new = set(self.hparams.subjects) - {k.split(".")[2] for k in state if k.startswith("adapter.maps.")}
+            new = set(self.hparams.subject_voxels) - {k.split(".")[2] for k in state if k.startswith("adapter.maps.")}
             bad_missing = [k for k in missing if not any(k.startswith(f"adapter.maps.{s}.") for s in new)]
             if bad_missing or unexpected:
                 raise SubjectMismatchError(
@@ -231,7 +231,7 @@ class FmriDecodingTask(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Called after configure_model and before the weights load: make sure the model has
         # every adapter the checkpoint holds, and that shared subjects agree on voxel counts.
-        saved = checkpoint.get("hyper_parameters", {}).get("subjects") or {}
+        saved = checkpoint.get("hyper_parameters", {}).get("subject_voxels") or {}
         if self.model is None or not saved:
             return
         current = self.model.subjects
@@ -239,7 +239,7 @@ class FmriDecodingTask(L.LightningModule):
         for s, n in saved.items():
             if s not in current:
                 self.model.adapter.add_subject(s, int(n))
-        self.hparams.subjects = merge_subjects(saved, current, "checkpoint")
+        self.hparams.subject_voxels = merge_subjects(saved, current, "checkpoint")
 
     # ------------------------------------------------------------------ training
     def forward(self, brain: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
