@@ -4,7 +4,8 @@ Imported as ``litbrain.datamodules`` (pyproject maps the package to this folder)
 ``litbrain.tasks``; batches are plain dicts with documented keys (see :mod:`.fmri`).
 
 The DataModule (which needs Lightning, a slow import) is loaded lazily, so ``prepare_fmri`` and
-``synthesize_fmri`` stay light.
+``synthesize_fmri`` stay light; ``embed_images`` / ``embed_captions`` import torch and the encoder
+libraries only when called.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ._io import DataError
 from .fmri_prepare import list_raw_subjects, prepare_fmri
 from .fmri_synthetic import load_truth, synthesize_fmri, synthetic_oracle, true_image_embedding, true_text_embedding
+from .targets import FrozenImageEncoder, FrozenTextEncoder, embed_captions, embed_images
 
 if TYPE_CHECKING:  # pragma: no cover
     from .fmri import FmriDataModule, MultiSubjectBatchSampler, read_manifest
@@ -30,6 +32,10 @@ __all__ = [
     "load_truth",
     "true_image_embedding",
     "true_text_embedding",
+    "embed_images",
+    "embed_captions",
+    "FrozenImageEncoder",
+    "FrozenTextEncoder",
 ]
 
 

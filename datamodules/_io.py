@@ -254,7 +254,7 @@ class MmapRows:
     cache, but no longer count toward this process's RSS.
     """
 
-    def __init__(self, path: str | os.PathLike, release_every: int = 256 << 20):
+    def __init__(self, path: str | os.PathLike, release_every: int = 16 << 20):
         self.path = str(path)
         self.release_every = int(release_every)
         with open(self.path, "rb") as f:

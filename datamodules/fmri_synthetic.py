@@ -295,8 +295,17 @@ def synthesize_fmri(
         The path of the written raw dataset.
     """
     out = Path(out_dir)
+    params = {k: v for k, v in locals().items() if k not in ("out_dir", "overwrite", "out")}
+    params = json.loads(json.dumps(params, default=list))  # tuples -> lists, as stored
     if out.exists() and not overwrite:
-        raise DataError(f"{out}: already exists; fix: pass overwrite=True or choose another directory")
+        # Same parameters as the existing dataset: nothing to do (make demo re-runs are cheap).
+        try:
+            existing = json.loads((out / "README.json").read_text()).get("parameters")
+        except (OSError, ValueError):
+            existing = None
+        if existing == params:
+            return out
+        raise DataError(f"{out}: already exists with other parameters; fix: pass overwrite=True or choose another directory")
     if n_subjects < 1 or n_stimuli < 1 or latent_dim < 1 or repeats < 1 or train_repeats < 1:
         raise DataError("synthesize_fmri: n_subjects, n_stimuli, latent_dim, repeats and train_repeats must be >= 1; "
                         "fix: pass positive values")
@@ -392,7 +401,8 @@ def synthesize_fmri(
                        "n_subjects": n_subjects, "n_stimuli": n_stimuli, "n_shared": n_shared, "repeats": repeats,
                        "train_repeats": train_repeats, "trials_per_session": trials_per_session,
                        "n_voxels_target": vox_counts, "latent_dim": L, "image_embedding_shape": list(img_shape),
-                       "text_embedding_dim": text_embedding_dim, "noise": noise, "seed": seed}, f, indent=1)
+                       "text_embedding_dim": text_embedding_dim, "noise": noise, "seed": seed,
+                       "parameters": params}, f, indent=1)
     return out
 
 

@@ -40,3 +40,14 @@ def tiny_prepared(tiny_raw) -> Path:
     from litbrain.datamodules import prepare_fmri
 
     return prepare_fmri(tiny_raw, tiny_raw.parent / "prepared")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_prepared, tmp_path_factory) -> Path:
+    """A tiny decoder fitted for 2 epochs on ``tiny_prepared`` through the real CLI and demo recipe."""
+    from litbrain.cli import main
+    from tests.tasks._fit import fit_args
+
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    main(fit_args(tiny_prepared, run_dir))
+    return run_dir / "checkpoints" / "last.ckpt"

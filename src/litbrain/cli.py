@@ -24,13 +24,17 @@ TRAINING_VERBS = {
 def _function_verbs() -> dict[str, tuple[Callable[..., Any], str]]:
     # Imported lazily: `litbrain --help` should not pay for torch/lightning imports.
     from litbrain import evaluation, hub
-    from litbrain.datamodules import fmri_prepare, fmri_synthetic
+    from litbrain.benchmarks import fmri as bench_fmri
+    from litbrain.datamodules import fmri_prepare, fmri_synthetic, targets
 
     fns = {
         "synthesize": fmri_synthetic.synthesize_fmri,
         "prepare": fmri_prepare.prepare_fmri,
+        "embed-images": targets.embed_images,
+        "embed-captions": targets.embed_captions,
         "evaluate": evaluation.evaluate_decoder,
         "export": hub.export_from_cli,
+        "bench": bench_fmri.bench_fmri,
     }
     return {verb: (fn, FUNCTION_VERB_HELP[verb]) for verb, fn in fns.items()}
 
@@ -38,15 +42,18 @@ def _function_verbs() -> dict[str, tuple[Callable[..., Any], str]]:
 FUNCTION_VERB_HELP = {
     "synthesize": "write a synthetic NSD-like fMRI dataset with known ground truth",
     "prepare": "mask, z-score and shard raw NIfTI betas into a prepared dataset",
+    "embed-images": "image-embedding targets from a frozen open_clip/timm encoder",
+    "embed-captions": "caption-embedding targets from a frozen open_clip/hf text encoder",
     "evaluate": "retrieval/identification of a decoder vs ridge, oracle and chance",
     "export": "turn a checkpoint into a release folder (safetensors + config.json + card)",
+    "bench": "fMRI benchmark: Lightning vs bare loop, loader vs step, RSS 1x vs 10x (configs/bench/fmri.yaml)",
 }
 
 
 def _usage() -> str:
     lines = ["usage: litbrain <verb> [--config FILE.yaml ...] [--key value ...]", "", "verbs:"]
     for verb, text in {**TRAINING_VERBS, **FUNCTION_VERB_HELP}.items():
-        lines.append(f"  {verb:<11} {text}")
+        lines.append(f"  {verb:<15} {text}")
     lines += ["", "`litbrain <verb> --help` lists a verb's options; every run is a YAML file in configs/."]
     return "\n".join(lines)
 
@@ -55,8 +62,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from litbrain.datamodules import DataError
     from litbrain.hub import ReleaseError
     from litbrain.tasks import SubjectMismatchError
+    from litbrain.training_cli import HardwareError
 
-    return (DataError, ReleaseError, SubjectMismatchError)
+    return (DataError, ReleaseError, SubjectMismatchError, HardwareError)
 
 
 def _fail(verb: str, err: BaseException) -> None:
@@ -67,10 +75,12 @@ def _fail(verb: str, err: BaseException) -> None:
 def run_training_verb(args: list[str]) -> None:
     from litbrain.training_cli import LitbrainCLI
 
-    # LightningCLI warns when it is given args while sys.argv holds others (e.g. pytest's).
-    saved, sys.argv = sys.argv, sys.argv[:1]
+    # LightningCLI parses sys.argv, which must hold this verb's args: Lightning's DDP launcher
+    # re-runs `sys.argv` to start the other local ranks (and it warns when given args while
+    # sys.argv holds others, e.g. pytest's).
+    saved, sys.argv = sys.argv, [sys.argv[0], *args]
     try:
-        LitbrainCLI(args=args)
+        LitbrainCLI(args=None)
     finally:
         sys.argv = saved
 

@@ -6,6 +6,8 @@ Any task (``model.class_path``) composes with any datamodule and trainer config:
 
 from __future__ import annotations
 
+from typing import Any
+
 from lightning.pytorch.cli import LightningCLI
 
 from litbrain._cli_errors import ConciseLightningArgumentParser
@@ -23,4 +25,39 @@ class LitbrainCLI(LightningCLI):
             run=run,
             auto_configure_optimizers=False,
             parser_class=ConciseLightningArgumentParser,
+        )
+
+    def before_instantiate_classes(self) -> None:
+        check_strategy_hardware(self.config.get(self.subcommand, self.config) if self.subcommand else self.config)
+
+
+class HardwareError(RuntimeError):
+    """The trainer config asks for hardware this machine does not have."""
+
+
+def _strategy_name(strategy: Any) -> str:
+    if isinstance(strategy, str):
+        return strategy
+    if isinstance(strategy, dict) or hasattr(strategy, "get"):
+        return str(strategy.get("class_path", ""))
+    return type(strategy).__name__
+
+
+def check_strategy_hardware(config: Any) -> None:
+    """Fail before training starts when a DeepSpeed strategy is chosen without CUDA.
+
+    Lightning's DeepSpeedStrategy only raises deep inside ``fit()``; this names the key and the fix.
+    """
+    import torch
+
+    trainer = config.get("trainer", {}) if hasattr(config, "get") else {}
+    name = _strategy_name(trainer.get("strategy", "auto") if hasattr(trainer, "get") else "auto")
+    if "deepspeed" in name.lower() and not torch.cuda.is_available():
+        from litbrain import _cli_errors
+
+        files = ", ".join(_cli_errors.CONFIG_FILES) or "the command line"
+        raise HardwareError(
+            f"trainer.strategy={name} (from {files}) needs CUDA GPUs but this machine has none; "
+            f"fix: use configs/trainer/cpu.yaml or configs/trainer/ddp.yaml here, and the DeepSpeed "
+            f"configs on a GPU node (e.g. through slurm/)"
         )

@@ -72,8 +72,12 @@ def test_deterministic(tmp_path):
     np.testing.assert_array_equal(np.asarray(nib.load(a / "sub-01" / "betas_session02.nii.gz").dataobj),
                                   np.asarray(nib.load(b / "sub-01" / "betas_session02.nii.gz").dataobj))
     assert not (a / "embeddings" / "text.npz").exists()
-    with pytest.raises(DataError, match="already exists"):
-        synthesize_fmri(tmp_path / "a", **kw)
+    # Same parameters again: a no-op that leaves the files untouched; other parameters: an error.
+    mtime = (a / "sub-01" / "betas_session02.nii.gz").stat().st_mtime_ns
+    assert synthesize_fmri(tmp_path / "a", **kw) == a
+    assert (a / "sub-01" / "betas_session02.nii.gz").stat().st_mtime_ns == mtime
+    with pytest.raises(DataError, match="already exists with other parameters"):
+        synthesize_fmri(tmp_path / "a", **{**kw, "noise": 2.0})
     # token-shaped targets survive prepare; per-token L2 normalised
     prep = prepare_fmri(a, tmp_path / "pa", val_fraction=0.2)
     emb = np.load(prep / "image_embedding.npy")

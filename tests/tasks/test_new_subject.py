@@ -33,6 +33,7 @@ def _new_subject_args(data, run_dir, *extra):
         "--trainer.default_root_dir", str(run_dir),
         "--trainer.logger.init_args.save_dir", str(run_dir),
         "--trainer.callbacks.init_args.dirpath", str(run_dir / "checkpoints"),
+        "--data.init_args.batch_size", "20",
         "--trainer.max_epochs", "80",
         "--trainer.check_val_every_n_epoch", "100",
         *extra,
@@ -50,6 +51,7 @@ def test_adapter_only_transfer_beats_scratch_with_ten_percent_of_the_new_subject
     base_dir = tmp_path / "base"
     main(fit_args(transfer_data, base_dir, "--data.init_args.subjects", "[sub-01, sub-02]",
                   "--data.init_args.batch_size", "64", "--model.init_args.width", "128",
+                  "--model.init_args.adapter", "linear",
                   "--trainer.max_epochs", "25", "--trainer.check_val_every_n_epoch", "100"))
     base = base_dir / "checkpoints" / "last.ckpt"
 
@@ -57,7 +59,7 @@ def test_adapter_only_transfer_beats_scratch_with_ten_percent_of_the_new_subject
     transfer_ckpt = tmp_path / "transfer" / "checkpoints" / "last.ckpt"
     main(_new_subject_args(transfer_data, tmp_path / "scratch", "--model.init_args.init_from", "null",
                            "--model.init_args.freeze", "none", "--model.init_args.width", "128",
-                           "--model.init_args.n_blocks", "2"))
+                           "--model.init_args.n_blocks", "2", "--model.init_args.adapter", "linear"))
     scratch_ckpt = tmp_path / "scratch" / "checkpoints" / "last.ckpt"
 
     # Adapter-only really froze the shared part: backbone weights equal the base model's.

@@ -11,13 +11,17 @@ Three checks, each measured side by side in one run so that a busy machine slows
     The time of a step is the steady-state mean over a window: the clock is read when step
     ``warmup_steps`` starts and when step ``warmup_steps + window_steps`` starts (a Callback's
     ``on_train_batch_start`` for Lightning, the top of the loop body for the bare loop).
-    Repetitions are interleaved (bare, Lightning, data, bare, Lightning, data, ...) and the
-    medians are compared. Bar: Lightning / bare <= 1.03.
+    Repetitions are interleaved in ABBA order (bare, Lightning, ..., Lightning, bare, ...) with the
+    DataModule pass of (b) between them, and the medians are compared. The same pair run with a
+    width-32 decoder measures Lightning's fixed per-step overhead in ms, which gives a low-noise
+    estimate of the ratio (``1 + overhead / bare step``) on a machine shared with other jobs. Bar: Lightning / bare <= 1.03.
 (b) **Input pipeline headroom.** Samples/s of iterating ``FmriDataModule.train_dataloader()``
     (``num_workers`` as configured) vs samples/s that the Lightning training step of (a)
     consumes. Bar: >= 10x.
-(c) **Memory does not grow with the data.** Peak RSS (``ru_maxrss`` of a fresh child process)
-    of ``prepare_fmri`` + one Lightning training epoch, on a raw set of ``memory_trials``
+(c) **Memory does not grow with the data.** Peak RSS of a fresh child process (its RSS
+    high-water mark, VmHWM = what ``ru_maxrss`` reports, reset after the torch/Lightning imports
+    whose transient peak would otherwise hide everything) over ``prepare_fmri`` + one Lightning
+    training epoch, on a raw set of ``memory_trials``
     trials and on one with ``memory_scale`` times as many. Raw sets are synthesised in
     separate processes beforehand (not measured) and cached under ``work_dir``. Bar: <= 1.2x.
 
@@ -63,7 +67,7 @@ _MB = float(1 << 20)
 def bench_fmri(
     work_dir: str = "runs/bench/fmri",
     output: str = "runs/bench/fmri/results.json",
-    num_threads: int = 2,
+    num_threads: int = 1,
     seed: int = 0,
     n_subjects: int = 3,
     n_voxels: int = 2000,
@@ -72,10 +76,10 @@ def bench_fmri(
     n_blocks: int = 4,
     batch_size: int = 96,
     num_workers: int = 0,
-    warmup_steps: int = 5,
-    window_steps: int = 30,
-    repetitions: int = 3,
-    memory_voxels: int = 15000,
+    warmup_steps: int = 3,
+    window_steps: int = 15,
+    repetitions: int = 7,
+    memory_voxels: int = 20000,
     memory_trials: int = 1000,
     memory_scale: int = 10,
     memory_width: int = 256,
@@ -176,6 +180,9 @@ def _rows(speed: dict, memory: dict, config: dict) -> list[dict[str, Any]]:
         ("step_ms_bare", f"(a) bare PyTorch step, median of {reps}", speed["bare_ms"], "ms"),
         ("step_ms_lightning", f"(a) Lightning step, median of {reps}", speed["lightning_ms"], "ms"),
         ("step_ratio", "(a) Lightning / bare step time", speed["lightning_ms"] / speed["bare_ms"], "x"),
+        ("tiny_step_ratio", "(a) Lightning / bare, width-32 model", speed["tiny_step_ratio"], "x"),
+        ("implied_step_ratio", f"(a) 1 + its overhead ({speed['tiny_overhead_ms']:.1f} ms) / bare step",
+         1.0 + speed["tiny_overhead_ms"] / speed["bare_ms"], "x"),
         ("datamodule_samples_per_s", f"(b) FmriDataModule, num_workers={config['num_workers']}",
          speed["datamodule_samples_per_s"], "samples/s"),
         ("step_samples_per_s", "(b) training step consumption", speed["step_samples_per_s"], "samples/s"),
@@ -183,6 +190,7 @@ def _rows(speed: dict, memory: dict, config: dict) -> list[dict[str, Any]]:
          speed["datamodule_samples_per_s"] / speed["step_samples_per_s"], "x"),
         ("train_data_1x_mb", "(c) train voxel rows at 1x, float16", memory["1x"]["train_brain_mb"], "MB"),
         ("train_data_big_mb", f"(c) train voxel rows at {scale}x, float16", memory["big"]["train_brain_mb"], "MB"),
+        ("baseline_rss_mb", "(c) RSS after imports (start of the window)", memory["1x"]["baseline_rss_mb"], "MB"),
         ("peak_rss_1x_mb", "(c) peak RSS, prepare + 1 epoch, 1x", memory["1x"]["peak_rss_mb"], "MB"),
         ("peak_rss_big_mb", f"(c) peak RSS, prepare + 1 epoch, {scale}x", memory["big"]["peak_rss_mb"], "MB"),
         ("rss_ratio", f"(c) peak RSS {scale}x / 1x", memory["big"]["peak_rss_mb"] / memory["1x"]["peak_rss_mb"], "x"),
@@ -234,24 +242,38 @@ def _speed_checks(prepared: Path, *, num_threads: int, seed: int, width: int, n_
     dm.setup("fit")
     batches = _materialise(dm, n_steps)
     rows_per_step = statistics.fmean(int(b["subject"].shape[0]) for b in batches)
-    task_kw = {"subjects": dict(dm.subject_voxels), "image_embedding_shape": list(dm.image_embedding_shape),
+    task_kw = {"subject_voxels": dict(dm.subject_voxels), "image_embedding_shape": list(dm.image_embedding_shape),
                "text_embedding_dim": dm.text_embedding_dim, "width": width, "n_blocks": n_blocks}
     n_params = None
-    bare_ms, light_ms, data_sps, loss_diff = [], [], [], []
+    bare_ms, light_ms, data_sps, loss_diff, bare_med, light_med = [], [], [], [], [], []
+    # The same pair of runs with a tiny decoder (width 32, 1 block): the step is then mostly the
+    # per-step work that does not scale with the model, so Lightning's overhead shows in ms.
+    tiny_kw = {**task_kw, "width": 32, "n_blocks": 1}
+    tiny_bare, tiny_light = [], []
     for rep in range(repetitions):
-        torch.set_num_threads(num_threads)
-        t_b, losses_b, n_params = _bare_run(batches, task_kw, seed, warmup, window)
-        bare_ms.append(t_b)
-        _collect()
-        torch.set_num_threads(num_threads)
-        t_l, losses_l = _lightning_run(batches, task_kw, seed, warmup, window)
-        light_ms.append(t_l)
-        _collect()
+        # ABBA order (bare first on even repetitions, Lightning first on odd ones) cancels drift.
+        for side in (("bare", "lightning") if rep % 2 == 0 else ("lightning", "bare")):
+            torch.set_num_threads(num_threads)
+            if side == "bare":
+                times, losses_b, n_params = _bare_run(batches, task_kw, seed)
+                bare_ms.append(_window_ms(times, warmup, window))
+                bare_med.append(_median_step_ms(times, warmup, window))
+            else:
+                times, losses_l = _lightning_run(batches, task_kw, seed)
+                light_ms.append(_window_ms(times, warmup, window))
+                light_med.append(_median_step_ms(times, warmup, window))
+            _collect()
+        t_b, t_l = bare_ms[-1], light_ms[-1]
         loss_diff.append(max(abs(float(a) - float(b)) for a, b in zip(losses_b, losses_l)))
         torch.set_num_threads(num_threads)
+        tiny_bare.append(_median_step_ms(_bare_run(batches, tiny_kw, seed)[0], warmup, window))
+        tiny_light.append(_median_step_ms(_lightning_run(batches, tiny_kw, seed)[0], warmup, window))
+        _collect()
+        torch.set_num_threads(num_threads)
         data_sps.append(_datamodule_throughput(dm, n_steps))
-        log(f"rep {rep + 1}/{repetitions}: bare {t_b:.1f} ms, Lightning {t_l:.1f} ms ({t_l / t_b:.3f}x), "
-            f"DataModule {data_sps[-1]:.0f} samples/s")
+        log(f"rep {rep + 1}/{repetitions}: bare {t_b:.1f} ms, Lightning {t_l:.1f} ms ({t_l / t_b:.3f}x; "
+            f"median steps {bare_med[-1]:.1f} vs {light_med[-1]:.1f} ms; width-32 {tiny_bare[-1]:.1f} vs "
+            f"{tiny_light[-1]:.1f} ms), DataModule {data_sps[-1]:.0f} samples/s")
     lightning_ms = statistics.median(light_ms)
     return {
         "bare_ms": statistics.median(bare_ms),
@@ -259,6 +281,13 @@ def _speed_checks(prepared: Path, *, num_threads: int, seed: int, width: int, n_
         "bare_ms_per_rep": bare_ms,
         "lightning_ms_per_rep": light_ms,
         "paired_ratio_median": statistics.median(lb / bb for lb, bb in zip(light_ms, bare_ms)),
+        "bare_median_step_ms_per_rep": bare_med,
+        "lightning_median_step_ms_per_rep": light_med,
+        "median_step_ratio": statistics.median(light_med) / statistics.median(bare_med),
+        "tiny_bare_median_step_ms_per_rep": tiny_bare,
+        "tiny_lightning_median_step_ms_per_rep": tiny_light,
+        "tiny_overhead_ms": statistics.median(tiny_light) - statistics.median(tiny_bare),
+        "tiny_step_ratio": statistics.median(tiny_light) / statistics.median(tiny_bare),
         "datamodule_samples_per_s": statistics.median(data_sps),
         "datamodule_samples_per_s_per_rep": data_sps,
         "step_samples_per_s": rows_per_step / (lightning_ms / 1000.0),
@@ -297,11 +326,17 @@ def _task_hparams(task_kw: dict[str, Any]) -> SimpleNamespace:
 
 
 def _window_ms(t: list[float], warmup: int, window: int) -> float:
+    """Mean step time (ms) between the starts of steps ``warmup`` and ``warmup + window``."""
     return (t[warmup + window] - t[warmup]) / window * 1000.0
 
 
-def _bare_run(batches, task_kw, seed, warmup, window) -> tuple[float, list, int]:
-    """The reference: a plain PyTorch loop over ``decoder_loss``; returns (ms/step, losses, #params)."""
+def _median_step_ms(t: list[float], warmup: int, window: int) -> float:
+    """Median of the individual step times in the same window (robust to a busy machine's bursts)."""
+    return statistics.median(b - a for a, b in zip(t[warmup:warmup + window], t[warmup + 1:warmup + window + 1])) * 1000
+
+
+def _bare_run(batches, task_kw, seed) -> tuple[list[float], list, int]:
+    """The reference: a plain PyTorch loop over ``decoder_loss``; returns (step start times, losses, #params)."""
     import torch
 
     from litbrain.nn import BrainDecoder
@@ -309,7 +344,7 @@ def _bare_run(batches, task_kw, seed, warmup, window) -> tuple[float, list, int]
 
     h = _task_hparams(task_kw)
     torch.manual_seed(seed)
-    model = BrainDecoder(subjects=dict(h.subjects), image_embedding_shape=list(h.image_embedding_shape),
+    model = BrainDecoder(subjects=dict(h.subject_voxels), image_embedding_shape=list(h.image_embedding_shape),
                          text_embedding_dim=h.text_embedding_dim, width=h.width, n_blocks=h.n_blocks,
                          adapter=h.adapter, adapter_dropout=h.adapter_dropout, dropout=h.dropout,
                          projector=h.projector)
@@ -333,11 +368,11 @@ def _bare_run(batches, task_kw, seed, warmup, window) -> tuple[float, list, int]
         sched.step()
         losses.append(loss.detach())
     n_params = sum(p.numel() for p in model.parameters())
-    return _window_ms(times, warmup, window), losses, n_params
+    return times, losses, n_params
 
 
-def _lightning_run(batches, task_kw, seed, warmup, window) -> tuple[float, list]:
-    """``FmriDecodingTask`` under a minimal Trainer on the same batches; returns (ms/step, losses)."""
+def _lightning_run(batches, task_kw, seed) -> tuple[list[float], list]:
+    """``FmriDecodingTask`` under a minimal Trainer on the same batches; returns (step start times, losses)."""
     import lightning as L
     import torch
     from torch.utils.data import DataLoader
@@ -350,6 +385,8 @@ def _lightning_run(batches, task_kw, seed, warmup, window) -> tuple[float, list]
             self.losses: list = []
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if batch_idx == 0:  # after the DataLoader iterator drew its base seed: same RNG as the bare loop
+                torch.manual_seed(seed + 1)
             self.times.append(time.perf_counter())
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -363,11 +400,10 @@ def _lightning_run(batches, task_kw, seed, warmup, window) -> tuple[float, list]
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[clock])
     loader = DataLoader(batches, batch_size=None, shuffle=False, collate_fn=_identity)
-    torch.manual_seed(seed + 1)
     trainer.fit(task, train_dataloaders=loader)
     if len(clock.times) != len(batches):
         raise RuntimeError(f"Lightning ran {len(clock.times)} steps, expected {len(batches)}")
-    return _window_ms(clock.times, warmup, window), clock.losses
+    return clock.times, clock.losses
 
 
 def _datamodule_throughput(dm, min_batches: int) -> float:
@@ -426,11 +462,17 @@ def _rss_child(p: dict[str, Any]) -> dict[str, Any]:
     from litbrain.tasks import FmriDecodingTask
 
     torch.set_num_threads(int(p["threads"]))
-    baseline = _maxrss_mb()
+    import_peak = _maxrss_mb()
+    # Importing torch + Lightning peaks well above the steady RSS (transiently mapped libraries);
+    # reset the high-water mark so the peak is that of prepare + epoch, not of the imports.
+    # ru_maxrss cannot be reset (a thread's exit latches the peak into it), so the peak is read
+    # from VmHWM -- the same kernel counter (the mm's RSS high-water mark), which can.
+    peak_reset = _reset_peak_rss()
+    baseline = _peak_rss_mb() if peak_reset else import_peak
     t0 = time.perf_counter()
     prepared = prepare_fmri(p["raw"], p["out"])
     prepare_s = time.perf_counter() - t0
-    after_prepare = _maxrss_mb()
+    after_prepare = _peak_rss_mb() if peak_reset else _maxrss_mb()
     status_prepare = _proc_status()
 
     class RssSampler(L.Callback):
@@ -455,8 +497,11 @@ def _rss_child(p: dict[str, Any]) -> dict[str, Any]:
     epoch_s = time.perf_counter() - t0
     brain = sum((Path(prepared) / s / "train_brain.npy").stat().st_size for s in dm.subjects)
     return {
-        "peak_rss_mb": _maxrss_mb(),
+        "peak_rss_mb": _peak_rss_mb() if peak_reset else _maxrss_mb(),
+        "ru_maxrss_mb": _maxrss_mb(),
         "baseline_rss_mb": baseline,
+        "import_peak_rss_mb": import_peak,
+        "peak_reset_after_imports": peak_reset,
         "peak_rss_after_prepare_mb": after_prepare,
         "rss_after_prepare_mb": status_prepare,
         "epoch_max_rss_mb": sampler.max,
@@ -473,6 +518,25 @@ def _maxrss_mb() -> float:
 
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024.0 if sys.platform != "darwin" else kb / _MB  # Linux: KiB, macOS: bytes
+
+
+def _peak_rss_mb() -> float:
+    """VmHWM (MB): this process's RSS high-water mark since start or the last reset."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024.0
+    return _maxrss_mb()
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's RSS high-water mark (Linux >= 4.0: ``echo 5 > /proc/self/clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def _proc_status() -> dict[str, float]:

@@ -1,0 +1,595 @@
+"""Decoding targets computed by frozen encoders: image embeddings and caption embeddings.
+
+``embed_images`` turns ``<raw>/stimuli.tsv`` + the stimulus images into
+``<raw>/embeddings/image.npz``; ``embed_captions`` turns ``<raw>/captions.tsv`` into
+``<raw>/embeddings/text.npz``. Both files hold the arrays ``prepare_fmri`` reads::
+
+    ids          (N,) str       stimulus ids, in stimuli.tsv order (every stimulus, once)
+    embeddings   (N, D) or (N, T, D) float32
+    meta         () str         JSON: encoder, pretrained, parameters, shape, fingerprint
+
+Encoders are named ``<backend>:<model>``:
+
+* images -- ``open_clip:<model>`` (``open_clip.create_model_and_transforms``; ``output="tokens"``
+  returns the visual transformer's token outputs, i.e. the patch tokens after ``ln_post`` and
+  without the projection, as open_clip gives them with ``output_tokens=True``: ViT-bigG-14 at
+  224 px -> 256 x 1664, MindEye2's target) and ``timm:<model>`` (``timm.create_model(...,
+  num_classes=0)``; pooled = ``forward_head(forward_features(x), pre_logits=True)``, tokens =
+  ``forward_features(x)``, CNN feature maps flattened to (H*W, C)).
+* text -- ``open_clip:<model>`` (its text tower and tokenizer; the bundled BPE vocabulary
+  works offline) and ``hf:<model id or local folder>`` (transformers ``AutoTokenizer`` /
+  ``AutoModel``, mean pooling over the attention mask, then L2 normalisation: the
+  sentence-transformers recipe).
+
+Preprocessing is the library's own (open_clip's eval ``preprocess``; timm's
+``resolve_data_config`` + ``create_transform``). Models run frozen: ``eval()``, no gradients,
+``torch.inference_mode``. ``model_config`` points at a local JSON file so tiny models can be
+built without a download (open_clip: a model config registered with
+``open_clip.add_model_config``, the file stem being the model name; timm: keyword arguments
+of ``timm.create_model``, e.g. ``img_size``, ``patch_size``, ``embed_dim``, ``depth``,
+``num_heads``). Pretrained weights need a network once, or a filled Hugging Face cache
+(``HF_HUB_OFFLINE=1`` then works), or a local checkpoint file passed as ``pretrained``.
+
+Outputs are written atomically (temporary files next to the destination, then a rename) and
+idempotently (same inputs and parameters = no work). On bad input a :class:`DataError` names
+the file or field and the fix, and nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import json
+import os
+import shutil
+import uuid
+import zipfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ._io import DataError, NpyRowWriter, _fmt_list, read_tsv
+
+__all__ = [
+    "embed_images",
+    "embed_captions",
+    "FrozenImageEncoder",
+    "FrozenTextEncoder",
+    "IMAGE_BACKENDS",
+    "TEXT_BACKENDS",
+]
+
+IMAGE_BACKENDS = ("open_clip", "timm")
+TEXT_BACKENDS = ("open_clip", "hf")
+_META_VERSION = 1
+
+
+# ----------------------------------------------------------------------------- encoder names
+def _split_encoder(encoder: str, backends: Sequence[str], what: str) -> tuple[str, str]:
+    backend, sep, name = str(encoder).partition(":")
+    if not sep or backend not in backends or not name:
+        examples = ", ".join(f"'{b}:<model>'" for b in backends)
+        raise DataError(f"encoder={encoder!r}: unknown {what} encoder (backend prefix must be one of "
+                        f"{list(backends)}); fix: name it as {examples}, e.g. 'open_clip:ViT-bigG-14'")
+    return backend, name
+
+
+def _close(name: str, names: Sequence[str]) -> str:
+    near = difflib.get_close_matches(name, list(names), n=5, cutoff=0.5)
+    return f" (close: {near})" if near else ""
+
+
+def _read_json(path: str | os.PathLike, what: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p} (model_config): file not found; fix: pass the path of a JSON {what}")
+    try:
+        cfg = json.loads(p.read_text())
+    except Exception as exc:
+        raise DataError(f"{p} (model_config): not valid JSON ({exc}); fix: write a JSON object ({what})") from exc
+    if not isinstance(cfg, dict):
+        raise DataError(f"{p} (model_config): must hold a JSON object, got {type(cfg).__name__}; fix: write {what}")
+    return cfg
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise DataError(f"device={device!r}: CUDA is not available on this machine; fix: pass device='cpu'")
+
+
+@contextlib.contextmanager
+def _seeded(seed: int = 0) -> Iterator[None]:
+    """Seed torch's CPU RNG while a model is built (randomly initialised models are then the same
+    in every run), restoring the caller's RNG state afterwards."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _weights_error(encoder: str, pretrained: Any, exc: BaseException) -> DataError:
+    return DataError(f"encoder={encoder!r} pretrained={pretrained!r}: cannot build the model or load its weights "
+                     f"({type(exc).__name__}: {exc}); fix: pretrained weights need a network once, or a filled "
+                     f"Hugging Face cache (then HF_HUB_OFFLINE=1 works), or a local checkpoint file as pretrained; "
+                     f"pretrained=None builds a randomly initialised model")
+
+
+# ----------------------------------------------------------------------------- open_clip
+def _open_clip_model(name: str, pretrained: str | None, model_config: str | None, device: str, encoder: str):
+    import open_clip
+
+    if model_config is not None:
+        cfg = _read_json(model_config, "open_clip model config (embed_dim, vision_cfg, text_cfg)")
+        missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in cfg]
+        if missing:
+            raise DataError(f"{model_config} (model_config): open_clip model config lacks {missing}; fix: give "
+                            f"embed_dim, vision_cfg and text_cfg as in open_clip's model_configs/*.json")
+        if Path(model_config).stem != name:
+            raise DataError(f"{model_config} (model_config): open_clip registers a config under its file name "
+                            f"'{Path(model_config).stem}', but encoder={encoder!r} names '{name}'; fix: rename the "
+                            f"file to {name}.json or use encoder='open_clip:{Path(model_config).stem}'")
+        open_clip.add_model_config(model_config)
+    schema = name.split(":", 1)[0] if name.startswith(("hf-hub:", "local-dir:")) else None
+    if schema is None and name not in open_clip.list_models():
+        raise DataError(f"encoder={encoder!r}: open_clip has no model '{name}'{_close(name, open_clip.list_models())}; "
+                        f"fix: pick a name from open_clip.list_models(), or pass model_config=<{name}.json>")
+    pretrained = pretrained or None
+    if schema is None and pretrained is not None and not Path(pretrained).is_file():
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if pretrained not in tags:
+            raise DataError(f"pretrained={pretrained!r}: not a pretrained tag of open_clip model '{name}' "
+                            f"(tags: {tags or 'none'}) nor a local file; fix: pass one of the tags, a checkpoint "
+                            f"path, or None for random weights")
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
+    except DataError:
+        raise
+    except Exception as exc:
+        raise _weights_error(encoder, pretrained, exc) from exc
+    return model.eval().requires_grad_(False), preprocess
+
+
+# ----------------------------------------------------------------------------- image encoder
+class FrozenImageEncoder:
+    """A frozen image encoder (open_clip or timm) with its own eval preprocessing.
+
+    ``encoder(images)`` maps a sequence of PIL images to a float32 array ``(B, D)``
+    (``output="pooled"``) or ``(B, T, D)`` (``output="tokens"``). The model is in eval mode,
+    its parameters do not require gradients, and the forward pass runs under
+    ``torch.inference_mode``.
+    """
+
+    def __init__(self, encoder: str = "open_clip:ViT-bigG-14", pretrained: str | None = "laion2b_s39b_b160k",
+                 output: Literal["tokens", "pooled"] = "tokens", device: str = "cpu",
+                 model_config: str | None = None):
+        if output not in ("tokens", "pooled"):
+            raise DataError(f"output={output!r}: unknown; fix: pass 'tokens' or 'pooled'")
+        self.encoder, self.pretrained, self.output, self.device = str(encoder), pretrained, output, str(device)
+        self.backend, self.name = _split_encoder(encoder, IMAGE_BACKENDS, "image")
+        _check_device(self.device)
+        with _seeded():
+            self._build(pretrained, model_config)
+        self.model.eval().requires_grad_(False)
+
+    def _build(self, pretrained: str | None, model_config: str | None) -> None:
+        output, encoder = self.output, self.encoder
+        if self.backend == "open_clip":
+            clip, self.preprocess = _open_clip_model(self.name, pretrained, model_config, self.device, self.encoder)
+            self.model = clip.visual
+            if output == "tokens":
+                if not hasattr(self.model, "output_tokens"):
+                    raise DataError(f"encoder={encoder!r}: its vision tower ({type(self.model).__name__}) has no token "
+                                    f"outputs; fix: pass output='pooled' or choose a ViT model")
+                self.model.output_tokens = True
+            else:
+                if hasattr(self.model, "output_tokens"):
+                    self.model.output_tokens = False
+        else:
+            self.model, self.preprocess = self._timm(model_config)
+
+    def _timm(self, model_config: str | None):
+        import timm
+        from timm.data import create_transform, resolve_data_config
+
+        if not timm.is_model(self.name):
+            raise DataError(f"encoder={self.encoder!r}: timm has no model '{self.name}'"
+                            f"{_close(self.name, timm.list_models())}; fix: pick a name from timm.list_models()")
+        kwargs = _read_json(model_config, "dict of timm.create_model keyword arguments") if model_config else {}
+        kwargs.pop("num_classes", None)
+        pretrained = self.pretrained or None
+        if pretrained is not None and Path(str(pretrained)).is_file():
+            overlay = dict(kwargs.pop("pretrained_cfg_overlay", {}) or {})
+            overlay["file"] = str(pretrained)
+            kwargs["pretrained_cfg_overlay"] = overlay
+        try:
+            model = timm.create_model(self.name, pretrained=bool(pretrained), num_classes=0, **kwargs)
+        except Exception as exc:
+            raise _weights_error(self.encoder, pretrained, exc) from exc
+        args: dict[str, Any] = {}
+        if "img_size" in kwargs:  # a model built at another size than its pretrained config
+            s = kwargs["img_size"]
+            args["input_size"] = (int(kwargs.get("in_chans", 3)), *((s, s) if isinstance(s, int) else tuple(s)))
+        cfg = resolve_data_config(args, model=model)
+        return model.to(self.device), create_transform(**cfg, is_training=False)
+
+    def __call__(self, images: Sequence[Any]) -> np.ndarray:
+        import torch
+
+        x = torch.stack([self.preprocess(im) for im in images]).to(self.device)
+        with torch.inference_mode():
+            if self.backend == "open_clip":
+                y = self.model(x)
+                y = y[1] if self.output == "tokens" else (y[0] if isinstance(y, tuple) else y)
+            else:
+                feats = self.model.forward_features(x)
+                if self.output == "tokens":
+                    y = feats.flatten(2).transpose(1, 2) if feats.ndim == 4 else feats
+                elif hasattr(self.model, "forward_head"):
+                    y = self.model.forward_head(feats, pre_logits=True)
+                else:
+                    y = self.model(x)
+        return y.float().cpu().numpy()
+
+
+# ----------------------------------------------------------------------------- text encoder
+class FrozenTextEncoder:
+    """A frozen text encoder: open_clip's text tower, or a transformers model with mean pooling.
+
+    ``encoder(texts)`` maps a sequence of strings to a float32 array ``(B, D)``, L2-normalised
+    when ``normalize`` (always the case for ``hf:``, as in sentence-transformers).
+    """
+
+    def __init__(self, encoder: str = "open_clip:ViT-bigG-14", pretrained: str | None = "laion2b_s39b_b160k",
+                 device: str = "cpu", model_config: str | None = None, normalize: bool = True,
+                 max_length: int | None = None):
+        self.encoder, self.device, self.normalize = str(encoder), str(device), bool(normalize)
+        self.max_length = max_length
+        self.backend, self.name = _split_encoder(encoder, TEXT_BACKENDS, "text")
+        _check_device(self.device)
+        with _seeded():
+            self._build(pretrained, model_config)
+        self.model.eval().requires_grad_(False)
+
+    def _build(self, pretrained: str | None, model_config: str | None) -> None:
+        encoder = self.encoder
+        if self.backend == "open_clip":
+            import open_clip
+
+            self.model, _ = _open_clip_model(self.name, pretrained, model_config, self.device, self.encoder)
+            try:
+                self.tokenizer = open_clip.get_tokenizer(self.name)
+            except Exception as exc:
+                raise _weights_error(self.encoder, pretrained, exc) from exc
+        else:
+            from transformers import AutoModel, AutoTokenizer
+
+            local = Path(self.name).is_dir()
+            try:
+                self.tokenizer = AutoTokenizer.from_pretrained(self.name, local_files_only=local)
+                self.model = AutoModel.from_pretrained(self.name, local_files_only=local).to(self.device)
+            except Exception as exc:
+                raise DataError(f"encoder={encoder!r}: cannot load a transformers model from '{self.name}' "
+                                f"({type(exc).__name__}: {exc}); fix: pass a local folder holding config.json, "
+                                f"tokenizer files and weights, or a model id that is in the Hugging Face cache "
+                                f"(downloading needs a network)") from exc
+            self.normalize = True
+            st_cfg = Path(self.name) / "sentence_bert_config.json"
+            if self.max_length is None and local and st_cfg.is_file():  # sentence-transformers' own limit
+                with contextlib.suppress(Exception):
+                    self.max_length = int(json.loads(st_cfg.read_text())["max_seq_length"])
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        texts = [str(t) for t in texts]
+        with torch.inference_mode():
+            if self.backend == "open_clip":
+                y = self.model.encode_text(self.tokenizer(texts).to(self.device))
+            else:
+                kw: dict[str, Any] = {"padding": True, "truncation": True, "return_tensors": "pt"}
+                if self.max_length is not None:
+                    kw["max_length"] = int(self.max_length)
+                enc = self.tokenizer(texts, **kw).to(self.device)
+                hidden = self.model(**enc)[0]
+                m = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                y = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+            if self.normalize:
+                y = F.normalize(y.float(), p=2, dim=-1)
+        return y.float().cpu().numpy()
+
+
+# ----------------------------------------------------------------------------- atomic npz
+def _tmp_sibling(path: Path, tag: str) -> Path:
+    return path.parent / f".{path.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _read_meta(path: Path) -> dict | None:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return json.loads(str(f["meta"][()]))
+    except Exception:
+        return None
+
+
+@contextlib.contextmanager
+def _atomic_npz(out: Path) -> Iterator[Path]:
+    """Yield a temporary folder; its ``*.npy`` files become the members of ``out`` (stored, not
+    compressed, streamed from disk) and the npz is renamed into place only on success."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = _tmp_sibling(out, "parts")
+    work.mkdir()
+    tmp_npz = _tmp_sibling(out, "tmp")
+    try:
+        yield work
+        with zipfile.ZipFile(tmp_npz, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for p in sorted(work.glob("*.npy")):
+                zf.write(p, arcname=p.name)
+        os.replace(tmp_npz, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            tmp_npz.unlink()
+
+
+def _resolve_out(raw: Path, out: str | os.PathLike) -> Path:
+    p = Path(out)
+    return p if p.is_absolute() else raw / p
+
+
+def _read_stimuli(raw: Path) -> Any:
+    if not raw.is_dir():
+        raise DataError(f"{raw}: raw data folder not found; fix: pass the folder holding stimuli.tsv")
+    df = read_tsv(raw / "stimuli.tsv", {"stimulus_id": str, "image": str}, what="stimulus table")
+    if len(df) == 0:
+        raise DataError(f"{raw / 'stimuli.tsv'}: no stimuli; fix: list one row per stimulus")
+    dup = df["stimulus_id"].duplicated()
+    if dup.any():
+        raise DataError(f"{raw / 'stimuli.tsv'}: duplicate stimulus_id(s) {_fmt_list(df.loc[dup, 'stimulus_id'])}; "
+                        f"fix: one row per stimulus")
+    return df
+
+
+def _fingerprint(files: Sequence[Path], params: dict, model_config: str | None) -> str:
+    entries = []
+    for p in files:
+        try:
+            st = p.stat()
+            entries.append([str(p), st.st_size, st.st_mtime_ns])
+        except FileNotFoundError:
+            entries.append([str(p), None, None])
+    cfg = hashlib.sha256(Path(model_config).read_bytes()).hexdigest() if model_config and \
+        Path(model_config).is_file() else None
+    blob = json.dumps({"v": _META_VERSION, "files": entries, "params": params, "model_config": cfg}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _up_to_date(out: Path, fp: str, overwrite: bool) -> bool:
+    if not out.exists():
+        return False
+    meta = _read_meta(out)
+    if meta is not None and meta.get("fingerprint") == fp:
+        return True
+    if not overwrite:
+        what = "was computed from other inputs or parameters" if meta else "exists and was not written by litbrain"
+        raise DataError(f"{out}: {what}; fix: pass overwrite=True to replace it or choose another out")
+    return False
+
+
+def _save_small(work: Path, ids: Sequence[str], meta: dict) -> None:
+    np.save(work / "ids.npy", np.asarray(list(ids), dtype=str))
+    np.save(work / "meta.npy", np.asarray(json.dumps(meta, sort_keys=True)))
+
+
+def _check_finite(block: np.ndarray, encoder: str, ids: Sequence[str]) -> None:
+    bad = ~np.isfinite(block.reshape(block.shape[0], -1)).all(1)
+    if bad.any():
+        raise DataError(f"encoder={encoder!r}: NaN/inf embedding for stimulus id(s) "
+                        f"{_fmt_list([ids[i] for i in np.flatnonzero(bad)])}; fix: check the weights, run in float32, "
+                        f"or inspect those inputs")
+
+
+# ----------------------------------------------------------------------------- embed_images
+def _open_image(path: Path, rel: str, load: bool):
+    from PIL import Image
+
+    try:
+        im = Image.open(path)
+        if not load:
+            im.close()
+            return None
+        return im.convert("RGB")
+    except Exception as exc:
+        raise DataError(f"{rel}: cannot be read as an image ({type(exc).__name__}: {exc}); fix: the file is truncated "
+                        f"or not an image -- re-export it (PNG/JPEG) or correct its path in stimuli.tsv") from exc
+
+
+def embed_images(
+    raw_dir: str | os.PathLike,
+    encoder: str = "open_clip:ViT-bigG-14",
+    pretrained: str | None = "laion2b_s39b_b160k",
+    output: Literal["tokens", "pooled"] = "tokens",
+    out: str = "embeddings/image.npz",
+    batch_size: int = 32,
+    device: str = "cpu",
+    model_config: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Embed every stimulus image with a frozen image encoder; write ``ids`` + ``embeddings`` to an npz.
+
+    Args:
+        raw_dir: Raw dataset folder holding ``stimuli.tsv`` (columns stimulus_id, image: a path
+            relative to ``raw_dir`` or absolute) and the images.
+        encoder: ``open_clip:<model>`` (e.g. ``open_clip:ViT-bigG-14``, MindEye2's target;
+            ``open_clip:ViT-L-14`` for MindEye1) or ``timm:<model>`` (e.g. ``timm:vit_base_patch16_224``).
+        pretrained: Weights: an open_clip pretrained tag (``laion2b_s39b_b160k``) or a local
+            checkpoint file; for timm any true value loads the model's default pretrained weights
+            (a local file path is used as their file). ``None`` = random initialisation (tests).
+            Downloading needs a network; offline, weights must already be in the Hugging Face cache.
+        output: ``tokens`` = the encoder's token outputs, ``(N, T, D)`` (open_clip ViT-bigG-14:
+            256 x 1664 patch tokens); ``pooled`` = one vector per image, ``(N, D)``.
+        out: Output npz, relative to ``raw_dir`` or absolute (``prepare``'s ``image_embeddings``).
+        batch_size: Images per forward pass.
+        device: Torch device, e.g. ``cpu`` or ``cuda``.
+        model_config: Local JSON building the model without a download: for open_clip a model
+            config (embed_dim, vision_cfg, text_cfg) named ``<model>.json``; for timm keyword
+            arguments of ``timm.create_model`` (img_size, patch_size, embed_dim, depth, num_heads, ...).
+        overwrite: Replace an existing ``out`` computed from other inputs or parameters (same
+            inputs and parameters = returns at once).
+
+    Returns:
+        The path of the npz (arrays ``ids`` (N,), ``embeddings`` float32, ``meta`` JSON).
+
+    Raises:
+        DataError: on bad input (missing or unreadable image, unknown encoder or model, ...);
+            ``out`` is then left as it was.
+    """
+    raw = Path(raw_dir)
+    if output not in ("tokens", "pooled"):
+        raise DataError(f"output={output!r}: unknown; fix: pass 'tokens' or 'pooled'")
+    if int(batch_size) < 1:
+        raise DataError(f"batch_size={batch_size}: must be >= 1; fix: pass e.g. 32")
+    _split_encoder(encoder, IMAGE_BACKENDS, "image")
+    df = _read_stimuli(raw)
+    ids = df["stimulus_id"].tolist()
+    rels = df["image"].tolist()
+    paths = [Path(r) if Path(r).is_absolute() else raw / r for r in rels]
+    missing = [i for i, p in enumerate(paths) if not p.is_file()]
+    if missing:
+        raise DataError(f"{raw / 'stimuli.tsv'}: column 'image': {len(missing)} image file(s) not found "
+                        f"({_fmt_list([rels[i] for i in missing])}; "
+                        f"file line(s) {_fmt_list([i + 2 for i in missing])}); "
+                        f"fix: add the images or correct their paths (relative to {raw})")
+    dest = _resolve_out(raw, out)
+    params = {"kind": "image", "encoder": encoder, "pretrained": pretrained, "output": output}
+    fp = _fingerprint([raw / "stimuli.tsv", *paths], params, model_config)
+    if _up_to_date(dest, fp, overwrite):
+        return dest
+    for p, r in zip(paths, rels):  # cheap header check before loading any model
+        _open_image(p, r, load=False)
+
+    enc = FrozenImageEncoder(encoder, pretrained=pretrained, output=output, device=device, model_config=model_config)
+    bs = int(batch_size)
+
+    def blocks() -> Iterator[np.ndarray]:
+        for a in range(0, len(ids), bs):
+            b = min(a + bs, len(ids))
+            block = enc([_open_image(paths[i], rels[i], load=True) for i in range(a, b)]).astype(np.float32)
+            _check_finite(block, encoder, ids[a:b])
+            yield block
+
+    with _atomic_npz(dest) as work:
+        it = blocks()
+        first = next(it)
+        shape = (len(ids),) + first.shape[1:]
+        with NpyRowWriter(work / "embeddings.npy", shape, np.float32) as w:
+            w.append(first)
+            for block in it:
+                w.append(block)
+        _save_small(work, ids, {**params, "model_config": model_config, "shape": list(shape),
+                                "fingerprint": fp, "version": _META_VERSION})
+    return dest
+
+
+# ----------------------------------------------------------------------------- embed_captions
+def embed_captions(
+    raw_dir: str | os.PathLike,
+    encoder: str = "open_clip:ViT-bigG-14",
+    pretrained: str | None = "laion2b_s39b_b160k",
+    out: str = "embeddings/text.npz",
+    reduce: Literal["mean", "random"] = "mean",
+    seed: int = 0,
+    normalize: bool = True,
+    batch_size: int = 64,
+    device: str = "cpu",
+    model_config: str | None = None,
+    max_length: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Embed the captions of every stimulus with a frozen text encoder; write one row per stimulus.
+
+    Args:
+        raw_dir: Raw dataset folder holding ``stimuli.tsv`` (the stimuli and their order) and
+            ``captions.tsv`` (columns stimulus_id, caption; one or more rows per stimulus; rows
+            of stimuli not in stimuli.tsv are ignored).
+        encoder: ``open_clip:<model>`` (its text tower and tokenizer, e.g.
+            ``open_clip:ViT-bigG-14``) or ``hf:<model id or local folder>`` (transformers
+            AutoModel, mean pooling over the attention mask, L2-normalised).
+        pretrained: open_clip weights: a pretrained tag or a local checkpoint file; ``None`` =
+            random initialisation (tests). Ignored by ``hf:`` (the folder or id is the model).
+            Downloading needs a network; offline, weights must already be in the Hugging Face cache.
+        out: Output npz, relative to ``raw_dir`` or absolute (``prepare``'s ``text_embeddings``).
+        reduce: ``mean`` = average of the stimulus's caption embeddings; ``random`` = the
+            embedding of one caption per stimulus drawn with ``seed``.
+        seed: Seed of ``reduce="random"``.
+        normalize: L2-normalise each caption embedding before averaging (always on for ``hf:``).
+        batch_size: Captions per forward pass.
+        device: Torch device, e.g. ``cpu`` or ``cuda``.
+        model_config: open_clip only: local JSON model config named ``<model>.json`` (builds the
+            model without a download).
+        max_length: ``hf:`` only: truncate captions to this many tokens (default: ``max_seq_length``
+            of the folder's sentence_bert_config.json, else the tokenizer's limit).
+        overwrite: Replace an existing ``out`` computed from other inputs or parameters (same
+            inputs and parameters = returns at once).
+
+    Returns:
+        The path of the npz (arrays ``ids`` (N,), ``embeddings`` (N, D) float32, ``meta`` JSON).
+
+    Raises:
+        DataError: on bad input (a stimulus without caption, unknown encoder, ...); ``out`` is
+            then left as it was.
+    """
+    raw = Path(raw_dir)
+    if reduce not in ("mean", "random"):
+        raise DataError(f"reduce={reduce!r}: unknown; fix: pass 'mean' or 'random'")
+    if int(batch_size) < 1:
+        raise DataError(f"batch_size={batch_size}: must be >= 1; fix: pass e.g. 64")
+    _split_encoder(encoder, TEXT_BACKENDS, "text")
+    ids = _read_stimuli(raw)["stimulus_id"].tolist()
+    cap_path = raw / "captions.tsv"
+    caps = read_tsv(cap_path, {"stimulus_id": str, "caption": str}, what="captions")
+    by_id: dict[str, list[str]] = {s: [] for s in ids}
+    for s, c in zip(caps["stimulus_id"].tolist(), caps["caption"].tolist()):
+        if s in by_id:
+            by_id[s].append(c)
+    missing = [s for s in ids if not by_id[s]]
+    if missing:
+        raise DataError(f"{cap_path}: no caption for {len(missing)} stimulus id(s) of stimuli.tsv "
+                        f"({_fmt_list(missing)}); fix: add at least one row (stimulus_id, caption) per stimulus")
+    dest = _resolve_out(raw, out)
+    params = {"kind": "text", "encoder": encoder, "pretrained": pretrained, "reduce": reduce, "seed": int(seed),
+              "normalize": bool(normalize), "max_length": max_length}
+    fp = _fingerprint([raw / "stimuli.tsv", cap_path], params, model_config)
+    if _up_to_date(dest, fp, overwrite):
+        return dest
+
+    if reduce == "random":
+        rng = np.random.default_rng(int(seed))
+        texts = [by_id[s][int(rng.integers(len(by_id[s])))] for s in ids]
+        owner = np.arange(len(ids))
+    else:
+        texts = [c for s in ids for c in by_id[s]]
+        owner = np.repeat(np.arange(len(ids)), [len(by_id[s]) for s in ids])
+
+    enc = FrozenTextEncoder(encoder, pretrained=pretrained, device=device, model_config=model_config,
+                            normalize=normalize, max_length=max_length)
+    bs = int(batch_size)
+    sums = None
+    for a in range(0, len(texts), bs):
+        y = enc(texts[a:a + bs]).astype(np.float64)
+        if sums is None:
+            sums = np.zeros((len(ids), y.shape[1]), dtype=np.float64)
+        np.add.at(sums, owner[a:a + bs], y)
+    emb = (sums / np.bincount(owner, minlength=len(ids))[:, None]).astype(np.float32)
+    _check_finite(emb, encoder, ids)
+    with _atomic_npz(dest) as work:
+        np.save(work / "embeddings.npy", emb)
+        _save_small(work, ids, {**params, "model_config": model_config, "shape": list(emb.shape),
+                                "fingerprint": fp, "version": _META_VERSION})
+    return dest
