@@ -41,6 +41,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ._io import DataError, MmapRows
+from ._resumable import ResumableDataLoader
 
 __all__ = ["FmriDataModule", "MultiSubjectBatchSampler", "read_manifest"]
 
@@ -175,6 +176,7 @@ class MultiSubjectBatchSampler(DistributedSampler):
         if not 0 <= self.rank < self.num_replicas:
             raise ValueError(f"rank {rank} not in [0, {num_replicas})")
         self.epoch = 0
+        self._skip = 0  # batches of this rank to skip in the next iteration (mid-epoch resume)
         self.shuffle = True
         self.drop_last = True
         n_global = max(1, max(self.sizes) // self.per_subject)
@@ -189,7 +191,15 @@ class MultiSubjectBatchSampler(DistributedSampler):
     def __len__(self) -> int:
         return self.num_batches
 
+    def skip_next_iteration(self, n: int) -> None:
+        """The next ``iter(self)`` starts at this rank's batch ``n`` of the epoch (resume)."""
+        self._skip = int(n)
+
     def __iter__(self):
+        skip, self._skip = self._skip, 0  # read now: iter() is called right after skip_next_iteration
+        return self._batches(skip)
+
+    def _batches(self, skip: int):
         rng = np.random.default_rng([self.seed, self.epoch])
         need = self.total_size * self.per_subject
         per = []
@@ -200,7 +210,7 @@ class MultiSubjectBatchSampler(DistributedSampler):
         if self.total_size == 0:
             return
         batches = np.concatenate(per, axis=1)  # (total_size, S * per_subject)
-        for b in range(self.rank, self.total_size, self.num_replicas):
+        for b in range(self.rank + skip * self.num_replicas, self.total_size, self.num_replicas):
             yield batches[b]
 
 
@@ -253,6 +263,8 @@ class FmriDataModule(pl.LightningDataModule):
         self.train_fraction, self.seed = float(train_fraction), int(seed)
         self._emb: _Embeddings | None = None
         self._splits: dict[str, list[_SubjectSplit]] = {}
+        self._train_loader: ResumableDataLoader | None = None
+        self._train_loader_state: dict | None = None
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -314,7 +326,23 @@ class FmriDataModule(pl.LightningDataModule):
         world, rank = self._dist()
         sampler = MultiSubjectBatchSampler([sp.n for sp in splits], self.batch_size // len(self.subjects),
                                            seed=self.seed, num_replicas=world, rank=rank)
-        return DataLoader(ds, batch_size=None, sampler=sampler, **self._loader_kwargs())
+        # Stateful, so a mid-epoch checkpoint resumes at the right batch (see _resumable).
+        loader = ResumableDataLoader(ds, batch_size=None, sampler=sampler, **self._loader_kwargs())
+        if self._train_loader_state:
+            loader.load_state_dict(self._train_loader_state)
+        self._train_loader = loader
+        return loader
+
+    # The train loader's position also travels through the DataModule's own checkpoint state:
+    # Lightning restores a loader's state only if the loader is created after the loop state is
+    # loaded, but configure_optimizers' `trainer.estimated_stepping_batches` creates it before.
+    def state_dict(self) -> dict:
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._train_loader_state = state_dict.get("train_loader")
+        if self._train_loader is not None and self._train_loader_state:
+            self._train_loader.load_state_dict(self._train_loader_state)
 
     def _eval_loaders(self, split: str) -> list[DataLoader]:
         loaders = []

@@ -11,6 +11,7 @@ from typing import Any
 from lightning.pytorch.cli import LightningCLI
 
 from litbrain._cli_errors import ConciseLightningArgumentParser
+from litbrain.callbacks import BatchSeed, SlurmRequeueAtStepBoundary
 
 
 class LitbrainCLI(LightningCLI):
@@ -25,6 +26,9 @@ class LitbrainCLI(LightningCLI):
             run=run,
             auto_configure_optimizers=False,
             parser_class=ConciseLightningArgumentParser,
+            # Appended to the config's callbacks on every run: exact resume by default, and a
+            # SLURM preemption checkpoint taken at a step boundary (inactive outside SLURM).
+            trainer_defaults={"callbacks": [BatchSeed(), SlurmRequeueAtStepBoundary()]},
         )
 
     def before_instantiate_classes(self) -> None:
@@ -44,7 +48,7 @@ def _strategy_name(strategy: Any) -> str:
 
 
 def check_strategy_hardware(config: Any) -> None:
-    """Fail before training starts when a DeepSpeed strategy is chosen without CUDA.
+    """Fail before training starts when a DeepSpeed strategy or a GPU is chosen without one.
 
     Lightning's DeepSpeedStrategy only raises deep inside ``fit()``; this names the key and the fix.
     """
@@ -52,12 +56,21 @@ def check_strategy_hardware(config: Any) -> None:
 
     trainer = config.get("trainer", {}) if hasattr(config, "get") else {}
     name = _strategy_name(trainer.get("strategy", "auto") if hasattr(trainer, "get") else "auto")
-    if "deepspeed" in name.lower() and not torch.cuda.is_available():
-        from litbrain import _cli_errors
+    accelerator = str(trainer.get("accelerator", "auto") if hasattr(trainer, "get") else "auto")
+    from litbrain import _cli_errors
 
-        files = ", ".join(_cli_errors.CONFIG_FILES) or "the command line"
+    files = ", ".join(_cli_errors.CONFIG_FILES) or "the command line"
+    if "deepspeed" in name.lower() and not torch.cuda.is_available():
         raise HardwareError(
             f"trainer.strategy={name} (from {files}) needs CUDA GPUs but this machine has none; "
-            f"fix: use configs/trainer/cpu.yaml or configs/trainer/ddp.yaml here, and the DeepSpeed "
+            f"fix: use configs/trainer/cpu.yaml or configs/trainer/cpu_ddp.yaml here, and the DeepSpeed "
             f"configs on a GPU node (e.g. through slurm/)"
+        )
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available() and not (
+        accelerator == "gpu" and torch.backends.mps.is_available()
+    ):
+        raise HardwareError(
+            f"trainer.accelerator={accelerator} (from {files}) needs a GPU but this machine has none; "
+            f"fix: use configs/trainer/cpu.yaml (or configs/trainer/cpu_ddp.yaml) here, and the GPU configs "
+            f"on a GPU node (e.g. through slurm/)"
         )

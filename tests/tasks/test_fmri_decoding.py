@@ -134,3 +134,11 @@ def test_help_lists_every_verb(capsys):
     out = capsys.readouterr().out
     for verb in ("fit", "validate", "test", "predict", "synthesize", "prepare", "evaluate", "export"):
         assert f"  {verb} " in out
+
+
+@pytest.mark.parametrize("steps", [1, 3, 10])
+def test_short_runs_get_a_valid_learning_rate_schedule(tiny_prepared, tmp_path, steps):
+    # 0.1 x 10 steps = a 1-step warm-up used to divide by zero inside OneCycleLR.
+    main(fit_args(tiny_prepared, tmp_path, "--trainer.max_steps", str(steps), "--trainer.max_epochs", "-1",
+                  "--trainer.limit_val_batches", "0"))
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == steps

@@ -316,7 +316,12 @@ class FmriDecodingTask(L.LightningModule):
             lr=h.lr,
         )
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=h.lr, total_steps=total, pct_start=h.warmup_fraction, final_div_factor=1000
-        )
+        if total < 4:  # too short for a warm-up and an annealing phase (smoke runs)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+        else:
+            # OneCycleLR divides by the warm-up length in steps: it must be at least 2 steps.
+            pct = min(max(h.warmup_fraction, 2.0 / total), 0.5)
+            sched = torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=h.lr, total_steps=total, pct_start=pct, final_div_factor=1000
+            )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
