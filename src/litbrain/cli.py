@@ -23,7 +23,7 @@ TRAINING_VERBS = {
 # ---------------------------------------------------------------- function verbs
 def _function_verbs() -> dict[str, tuple[Callable[..., Any], str]]:
     # Imported lazily: `litbrain --help` should not pay for torch/lightning imports.
-    from litbrain import evaluation, hub
+    from litbrain import evaluation, hub, zero
     from litbrain.benchmarks import fmri as bench_fmri
     from litbrain.datamodules import fmri_prepare, fmri_synthetic, targets
 
@@ -34,6 +34,9 @@ def _function_verbs() -> dict[str, tuple[Callable[..., Any], str]]:
         "embed-captions": targets.embed_captions,
         "evaluate": evaluation.evaluate_decoder,
         "export": hub.export_from_cli,
+        "consolidate": zero.consolidate_from_cli,
+        "estimate-memory": zero.estimate_memory,
+        "push": hub.push_from_cli,
         "bench": bench_fmri.bench_fmri,
     }
     return {verb: (fn, FUNCTION_VERB_HELP[verb]) for verb, fn in fns.items()}
@@ -45,7 +48,10 @@ FUNCTION_VERB_HELP = {
     "embed-images": "image-embedding targets from a frozen open_clip/timm encoder",
     "embed-captions": "caption-embedding targets from a frozen open_clip/hf text encoder",
     "evaluate": "retrieval/identification of a decoder vs ridge, oracle and chance",
-    "export": "turn a checkpoint into a release folder (safetensors + config.json + card)",
+    "export": "turn a checkpoint (.ckpt or ZeRO folder) into a release folder (safetensors + config.json + card)",
+    "consolidate": "merge a DeepSpeed ZeRO-2/3 checkpoint folder into one fp32 .ckpt",
+    "estimate-memory": "per-GPU memory of ZeRO-2/3 for a model and cluster shape (DeepSpeed's estimators)",
+    "push": "upload a release folder to a Hugging Face Hub model repo",
     "bench": "fMRI benchmark: Lightning vs bare loop, loader vs step, RSS 1x vs 10x (configs/bench/fmri.yaml)",
 }
 
@@ -63,8 +69,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from litbrain.hub import ReleaseError
     from litbrain.tasks import SubjectMismatchError
     from litbrain.training_cli import HardwareError
+    from litbrain.zero import DependencyError
 
-    return (DataError, ReleaseError, SubjectMismatchError, HardwareError)
+    return (DataError, ReleaseError, SubjectMismatchError, HardwareError, DependencyError)
 
 
 def _fail(verb: str, err: BaseException) -> None:

@@ -42,8 +42,13 @@ def _scores(pred: torch.Tensor, target: torch.Tensor, pool: int, draws: int, see
 
 def _load_model(checkpoint: Path):
     from litbrain.hub import decoder_from_checkpoint, load_release
+    from litbrain.zero import is_zero_checkpoint
 
-    return load_release(checkpoint) if checkpoint.is_dir() else decoder_from_checkpoint(checkpoint)
+    if checkpoint.is_dir() and not is_zero_checkpoint(checkpoint):
+        return load_release(checkpoint)
+    if not checkpoint.exists() and checkpoint.suffix != ".ckpt":
+        return load_release(str(checkpoint))  # a Hugging Face Hub repo id
+    return decoder_from_checkpoint(checkpoint)  # a .ckpt file or a DeepSpeed ZeRO folder
 
 
 @torch.no_grad()
@@ -125,7 +130,7 @@ def evaluate_decoder(
 
     Args:
         data_dir: a dataset written by ``litbrain prepare``.
-        checkpoint: a Lightning ``.ckpt`` or a release folder.
+        checkpoint: a Lightning ``.ckpt``, a DeepSpeed ZeRO checkpoint folder, a release folder or a Hub repo id.
         out_dir: where ``metrics.json`` and ``retrieval.png`` go.
         raw_dir: the raw dataset; with a synthetic ``truth.npz`` it adds the oracle row, and
             its images illustrate the figure.

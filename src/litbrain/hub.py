@@ -7,18 +7,22 @@ unpickles untrusted data: releases are safetensors + JSON, and checkpoints are r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
 from litbrain.nn import BrainDecoder
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
 
 DECODER_CONFIG_KEYS = (
     "subjects",
@@ -70,7 +74,14 @@ def read_decoder_config(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         cfg_file = path / "config.json"
         if not cfg_file.is_file():
-            raise ReleaseError(f"{path}: release folder has no config.json; fix: re-run `litbrain export`")
+            from litbrain.zero import is_zero_checkpoint, read_zero_hyper_parameters
+
+            if is_zero_checkpoint(path):
+                return _decoder_config_from_hparams(read_zero_hyper_parameters(path), path)
+            raise ReleaseError(
+                f"{path}: release folder has no config.json; fix: re-run `litbrain export` from the checkpoint "
+                f"(a release folder holds config.json, model.safetensors and README.md)"
+            )
         try:
             return json.loads(cfg_file.read_text())
         except json.JSONDecodeError as err:
@@ -94,8 +105,25 @@ def read_decoder_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
 
 
+@contextlib.contextmanager
+def consolidated(path: str | Path) -> Iterator[Path]:
+    """``path`` itself, or for a DeepSpeed ZeRO checkpoint folder a temporary fp32 ``.ckpt`` of it."""
+    from litbrain.zero import consolidate_zero_checkpoint, is_zero_checkpoint
+
+    path = Path(path)
+    if not (path.is_dir() and is_zero_checkpoint(path)):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="litbrain-zero-") as tmp:
+        yield consolidate_zero_checkpoint(path, Path(tmp) / "consolidated.ckpt")
+
+
 def decoder_from_checkpoint(path: str | Path) -> BrainDecoder:
-    """Rebuild the trained BrainDecoder of a Lightning checkpoint, in eval mode."""
+    """Rebuild the trained BrainDecoder of a Lightning checkpoint (file or ZeRO folder), in eval mode."""
+    if Path(path).is_dir():
+        with consolidated(path) as ckpt:
+            if ckpt != Path(path):
+                return decoder_from_checkpoint(ckpt)
     cfg = read_decoder_config(path)
     model = BrainDecoder(**cfg)
     try:
@@ -105,18 +133,101 @@ def decoder_from_checkpoint(path: str | Path) -> BrainDecoder:
     return model.eval()
 
 
-def load_release(path: str | Path) -> BrainDecoder:
-    """``BrainDecoder.from_pretrained`` on a local folder (or, online, a Hub repo id), in eval mode."""
-    path_obj = Path(path)
-    if path_obj.exists():
-        read_decoder_config(path_obj)  # clear errors for a missing/invalid config.json
-        if not (path_obj / "model.safetensors").is_file():
-            raise ReleaseError(f"{path}: release folder has no model.safetensors; fix: re-run `litbrain export`")
+def check_release_folder(folder: str | Path) -> dict[str, Any]:
+    """Check that a release folder's config.json and model.safetensors agree; return the config.
+
+    Reads only JSON and the safetensors header (no weights, no pickles). Raises ``ReleaseError``
+    naming the folder, the first mismatching tensor and the fix.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ReleaseError(f"{folder}: not a release folder; fix: pass the folder `litbrain export` wrote")
+    cfg = read_decoder_config(folder)
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise ReleaseError(f"{folder}: release folder has no model.safetensors; fix: re-run `litbrain export`")
+    fix = "fix: re-export the release from its checkpoint (`litbrain export`), or restore the original config.json"
     try:
-        model = BrainDecoder.from_pretrained(str(path), strict=True)
+        with torch.device("meta"):
+            expected_model = BrainDecoder(**cfg)
+    except (TypeError, ValueError, KeyError) as err:
+        raise ReleaseError(f"{folder}: config.json does not describe a BrainDecoder ({err}); {fix}") from None
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            stored = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ReleaseError(f"{weights}: not a readable safetensors file ({err}); {fix}") from None
+    expected = expected_model.state_dict(keep_vars=True)
+    by_identity: dict[int, list[str]] = {}
+    for k, v in expected.items():
+        by_identity.setdefault(id(v), []).append(k)
+    for k, v in expected.items():
+        if k not in stored:
+            if any(t in stored for t in by_identity[id(v)]):
+                continue  # a tied tensor: safetensors stores it once, under one of its names
+            raise ReleaseError(f"{folder}: model.safetensors lacks {k!r}, which config.json implies; {fix}")
+        if stored[k] != list(v.shape):
+            raise ReleaseError(
+                f"{folder}: tensor {k!r} has shape {stored[k]} in model.safetensors but config.json implies "
+                f"{list(v.shape)}; {fix}"
+            )
+    extra = sorted(set(stored) - set(expected))
+    if extra:
+        raise ReleaseError(f"{folder}: model.safetensors has tensors config.json does not describe ({extra[:3]}); {fix}")
+    return cfg
+
+
+def load_release(
+    path: str | Path,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | None = None,
+) -> BrainDecoder:
+    """A release as a BrainDecoder in eval mode: a local folder, or a Hugging Face Hub repo id.
+
+    ``BrainDecoder.from_pretrained`` underneath; a repo id is fetched with huggingface_hub
+    (or taken from its cache, e.g. with ``HF_HUB_OFFLINE=1``). Only config.json and
+    model.safetensors are read: nothing is unpickled.
+
+    Args:
+        path: a release folder, or a Hub repo id such as ``user/litbrain-demo``.
+        revision: branch, tag or commit of a Hub repo (default: main).
+        cache_dir: huggingface_hub cache folder (default: HF_HUB_CACHE).
+        token: Hub token for private repos (default: HF_TOKEN or `hf auth login`).
+    """
+    name = str(path)
+    folder = Path(path)
+    if not folder.exists():
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HFValidationError
+        from huggingface_hub.utils import validate_repo_id
+
+        try:
+            validate_repo_id(name)
+        except HFValidationError:
+            raise ReleaseError(
+                f"{name}: no such release folder, and not a Hub repo id ('name' or 'user/name'); "
+                f"fix: pass the folder `litbrain export` wrote or a repo id"
+            ) from None
+        try:
+            folder = Path(snapshot_download(
+                name, revision=revision, cache_dir=cache_dir, token=token,
+                allow_patterns=["config.json", "model.safetensors", "README.md"],
+            ))
+        except Exception as err:  # offline and not cached, no such repo, no access, network errors
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ReleaseError(
+                f"{name}: no local folder of that name and the Hub repo could not be fetched ({type(err).__name__}: "
+                f"{first[:200]}); fix: check the repo id and token, or go online (HF_HUB_OFFLINE=0) once to fill the cache"
+            ) from None
+    check_release_folder(folder)
+    try:
+        model = BrainDecoder.from_pretrained(str(folder), strict=True)
     except (RuntimeError, TypeError) as err:
         raise ReleaseError(
-            f"{path}: config.json and model.safetensors do not match ({str(err).splitlines()[0]}); "
+            f"{name}: config.json and model.safetensors do not match ({str(err).splitlines()[0]}); "
             f"fix: re-export the release from its checkpoint"
         ) from None
     return model.eval()
@@ -172,6 +283,9 @@ out = model({{"{next(iter(config["subjects"]))}": voxels}})  # voxels: (batch, n
 ```yaml
 {(training_config or "(not recorded)").strip()}
 ```
+
+## License
+{license}
 """
     return ModelCard(content)
 
@@ -184,10 +298,22 @@ def export_release(
     license: str = "apache-2.0",
     overwrite: bool = False,
 ) -> Path:
-    """Write a release folder from a Lightning checkpoint, atomically (temp dir, then rename)."""
+    """Write a release folder from a Lightning checkpoint, atomically (temp dir, then rename).
+
+    ``checkpoint`` is a ``.ckpt`` file or a DeepSpeed ZeRO checkpoint folder (consolidated to a
+    temporary fp32 ``.ckpt`` first with Lightning's converter).
+    """
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise ReleaseError(f"{out_dir}: already exists; fix: choose another --out or pass --overwrite true")
+    if Path(checkpoint).is_dir():
+        with consolidated(checkpoint) as ckpt:  # a DeepSpeed ZeRO folder: fp32 .ckpt in a temp dir first
+            if ckpt != Path(checkpoint):
+                return export_release(ckpt, out_dir, metrics, training_config, license, overwrite)
+        raise ReleaseError(
+            f"{checkpoint}: a folder that is not a DeepSpeed ZeRO checkpoint; fix: pass a .ckpt file or the "
+            f"checkpoint folder a deepspeed_stage_* fit wrote"
+        )
     model = decoder_from_checkpoint(checkpoint)
     if training_config is None:
         hp = load_checkpoint(checkpoint).get("hyper_parameters", {})
@@ -220,7 +346,8 @@ def export_from_cli(
     """Export a Lightning checkpoint as a release folder.
 
     Args:
-        checkpoint: the ``.ckpt`` to export.
+        checkpoint: the ``.ckpt`` to export, or the checkpoint folder of a DeepSpeed ZeRO-2/3 fit
+            (consolidated to fp32 first, as ``litbrain consolidate`` does).
         out: the release folder to write (model.safetensors, config.json, README.md).
         metrics: a ``metrics.json`` from ``litbrain evaluate`` to put in the model card.
         training_config: the YAML the model was trained with (e.g. the run's config.yaml).
@@ -236,3 +363,98 @@ def export_from_cli(
         m = {k: full[k] for k in ("split", "subjects", "pool", "draws", "rows", "decoder_over_oracle") if k in full}
     cfg_text = Path(training_config).read_text() if training_config else None
     return str(export_release(checkpoint, out, m, cfg_text, license, overwrite))
+
+
+# ---------------------------------------------------------------- Hugging Face Hub
+RELEASE_FILES = ("config.json", "model.safetensors", "README.md", "metrics.json")
+
+
+def check_repo_id(repo_id: str) -> str:
+    """``repo_id`` if huggingface_hub's own validator accepts it, else one clear ``ReleaseError``."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ReleaseError(
+            f"repo_id={repo_id!r} is not a valid Hugging Face repo id ({str(err).splitlines()[0]}); "
+            f"fix: use 'user/name' or 'org/name' (letters, digits, '-', '_', '.'; at most 96 characters)"
+        ) from None
+    if "/" not in repo_id:
+        raise ReleaseError(
+            f"repo_id={repo_id!r} has no namespace; fix: use 'user/name' or 'org/name' so the target is explicit"
+        )
+    return repo_id
+
+
+def push_release(
+    release: str | Path,
+    repo_id: str,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str | None = None,
+    revision: str | None = None,
+    api: HfApi | None = None,
+) -> str:
+    """Upload a release folder to a Hugging Face model repo; returns the repo URL.
+
+    Everything is checked before any network call: the repo id (huggingface_hub's validator),
+    the folder (config.json and model.safetensors agree) and the model card (README.md with a
+    license). Then ``HfApi.create_repo(exist_ok=True)`` and one ``upload_folder`` commit of the
+    release files. ``api`` lets a caller (or a test) supply the ``HfApi`` object to use.
+    """
+    check_repo_id(repo_id)
+    folder = Path(release)
+    cfg = check_release_folder(folder)
+    card_file = folder / "README.md"
+    if not card_file.is_file():
+        raise ReleaseError(f"{folder}: release folder has no README.md model card; fix: re-run `litbrain export`")
+    card = ModelCard.load(card_file)
+    if not getattr(card.data, "license", None):
+        raise ReleaseError(f"{card_file}: model card names no license; fix: re-run `litbrain export --license ...`")
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+    n_subjects = len(cfg["subjects"])
+    message = commit_message or f"litbrain release: BrainDecoder, {n_subjects} subjects, width {cfg.get('width')}"
+    try:
+        url = api.create_repo(repo_id, token=token, private=private, repo_type="model", exist_ok=True)
+        api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            repo_type="model",
+            token=token,
+            revision=revision,
+            commit_message=message,
+            allow_patterns=list(RELEASE_FILES),
+        )
+    except Exception as err:  # offline mode, no network, bad token, no write access: one line, not a traceback
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ReleaseError(
+            f"push of {folder} to {repo_id} failed ({type(err).__name__}: {first[:200]}); fix: check the network "
+            f"(HF_HUB_OFFLINE must be unset), the token (--token or `hf auth login`) and write access to {repo_id}"
+        ) from None
+    return str(url)
+
+
+def push_from_cli(
+    release: str,
+    repo_id: str,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str | None = None,
+    revision: str | None = None,
+) -> str:
+    """Upload a release folder (from ``litbrain export``) to the Hugging Face Hub.
+
+    Args:
+        release: the release folder (model.safetensors, config.json, README.md model card).
+        repo_id: the target model repo, ``user/name`` or ``org/name``; created if missing.
+        private: create the repo as private (an existing repo keeps its visibility).
+        token: a Hub write token (default: HF_TOKEN or the one saved by `hf auth login`).
+        commit_message: the commit message (default: names the model and its subjects).
+        revision: the branch to push to (default: main).
+    """
+    return push_release(release, repo_id, private=private, token=token, commit_message=commit_message, revision=revision)
