@@ -254,7 +254,9 @@ class MmapRows:
     cache, but no longer count toward this process's RSS.
     """
 
-    def __init__(self, path: str | os.PathLike, release_every: int = 16 << 20):
+    # Default: drop the pages after every read. Page faults map more than the rows touched
+    # (fault-around), so a byte budget let RSS grow with the file (1.27x at 10x the data).
+    def __init__(self, path: str | os.PathLike, release_every: int = 1):
         self.path = str(path)
         self.release_every = int(release_every)
         with open(self.path, "rb") as f:
