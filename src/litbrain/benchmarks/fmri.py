@@ -340,7 +340,7 @@ def _bare_run(batches, task_kw, seed) -> tuple[list[float], list, int]:
     import torch
 
     from litbrain.nn import BrainDecoder
-    from litbrain.tasks.fmri_decoding import decoder_loss
+    from litbrain.tasks.fmri_decoding import build_optimizer, decoder_loss
 
     h = _task_hparams(task_kw)
     torch.manual_seed(seed)
@@ -348,14 +348,8 @@ def _bare_run(batches, task_kw, seed) -> tuple[list[float], list, int]:
                          text_embedding_dim=h.text_embedding_dim, width=h.width, n_blocks=h.n_blocks,
                          adapter=h.adapter, adapter_dropout=h.adapter_dropout, dropout=h.dropout,
                          projector=h.projector)
-    # Same groups as FmriDecodingTask.configure_optimizers: no weight decay on biases and norm gains.
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": h.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=h.lr)
     total = len(batches)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=h.lr, total_steps=total, pct_start=h.warmup_fraction,
-                                                final_div_factor=1000)
+    opt, sched = build_optimizer(model, h, total)  # exactly FmriDecodingTask.configure_optimizers
     model.train()
     times, losses = [], []
     torch.manual_seed(seed + 1)

@@ -88,6 +88,29 @@ def decoder_loss(
     return loss, logs
 
 
+def build_optimizer(
+    module: nn.Module, h: Any, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW (no weight decay on biases and norm gains) + a one-cycle schedule over ``total_steps``.
+
+    Shared by the task and the benchmark's bare PyTorch loop, so both optimise identically.
+    """
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 else decay).append(p)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": h.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=h.lr
+    )
+    if total_steps < 4:  # too short for a warm-up and an annealing phase (smoke runs)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    # OneCycleLR divides by the warm-up length in steps: it must be at least 2 steps.
+    pct = min(max(h.warmup_fraction, 2.0 / total_steps), 0.5)
+    return opt, torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=h.lr, total_steps=total_steps, pct_start=pct, final_div_factor=1000
+    )
+
+
 class FmriDecodingTask(L.LightningModule):
     """Adapters -> shared residual MLP -> image/text heads, trained contrastively.
 
@@ -304,24 +327,6 @@ class FmriDecodingTask(L.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
-        h = self.hparams
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            # Standard practice: no weight decay on biases and norm gains.
-            (no_decay if p.ndim < 2 else decay).append(p)
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": h.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=h.lr,
-        )
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        if total < 4:  # too short for a warm-up and an annealing phase (smoke runs)
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-        else:
-            # OneCycleLR divides by the warm-up length in steps: it must be at least 2 steps.
-            pct = min(max(h.warmup_fraction, 2.0 / total), 0.5)
-            sched = torch.optim.lr_scheduler.OneCycleLR(
-                opt, max_lr=h.lr, total_steps=total, pct_start=pct, final_div_factor=1000
-            )
+        opt, sched = build_optimizer(self, self.hparams, total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
