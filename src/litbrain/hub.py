@@ -100,9 +100,23 @@ def read_decoder_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if not weights.is_file():
             raise ReleaseError(f"{path}: release folder has no model.safetensors; fix: re-run `litbrain export`")
         return load_file(weights)
-    ckpt = load_checkpoint(path)
+    return _decoder_state(load_checkpoint(path))
+
+
+def _decoder_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
     state = ckpt.get("state_dict", {})
     return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+
+
+def _decoder_from_loaded(ckpt: dict[str, Any], source: Path) -> tuple[BrainDecoder, dict[str, Any]]:
+    """The BrainDecoder (eval mode) and its config from an already-loaded checkpoint dict."""
+    cfg = _decoder_config_from_hparams(ckpt.get("hyper_parameters", {}), source)
+    model = BrainDecoder(**cfg)
+    try:
+        model.load_state_dict(_decoder_state(ckpt), strict=True)
+    except RuntimeError as err:
+        raise ReleaseError(f"{source}: weights do not match its config ({str(err).splitlines()[0]})") from None
+    return model.eval(), cfg
 
 
 @contextlib.contextmanager
@@ -124,6 +138,8 @@ def decoder_from_checkpoint(path: str | Path) -> BrainDecoder:
         with consolidated(path) as ckpt:
             if ckpt != Path(path):
                 return decoder_from_checkpoint(ckpt)
+    if not Path(path).is_dir():
+        return _decoder_from_loaded(load_checkpoint(path), Path(path))[0]
     cfg = read_decoder_config(path)
     model = BrainDecoder(**cfg)
     try:
@@ -314,14 +330,14 @@ def export_release(
             f"{checkpoint}: a folder that is not a DeepSpeed ZeRO checkpoint; fix: pass a .ckpt file or the "
             f"checkpoint folder a deepspeed_stage_* fit wrote"
         )
-    model = decoder_from_checkpoint(checkpoint)
+    ckpt = load_checkpoint(checkpoint)  # read once: config, weights and hyper-parameters
+    model, config = _decoder_from_loaded(ckpt, Path(checkpoint))
     if training_config is None:
-        hp = load_checkpoint(checkpoint).get("hyper_parameters", {})
+        hp = ckpt.get("hyper_parameters", {})
         training_config = yaml.safe_dump({"model": {k: v for k, v in hp.items() if not k.startswith("_")}}, sort_keys=False)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        config = read_decoder_config(checkpoint)
         model_card(config, metrics, training_config, license).save(tmp / "README.md")
         model.save_pretrained(tmp, config=config)
         if metrics:
