@@ -13,12 +13,16 @@ from typing import TYPE_CHECKING, Any
 from ._io import DataError
 from .fmri_prepare import list_raw_subjects, prepare_fmri
 from .fmri_synthetic import load_truth, synthesize_fmri, synthetic_oracle, true_image_embedding, true_text_embedding
+from .seeg_prepare import list_bids_subjects, prepare_seeg, read_seeg_file
+from .seeg_synthetic import load_seeg_truth, seeg_oracle_accuracy, seeg_word_labels, synthesize_seeg
 from .targets import FrozenImageEncoder, FrozenTextEncoder, embed_captions, embed_images
 
 if TYPE_CHECKING:  # pragma: no cover
     from .fmri import FmriDataModule, MultiSubjectBatchSampler, read_manifest
+    from .seeg import SeegDataModule, read_seeg_manifest
 
 _LAZY = {"FmriDataModule", "MultiSubjectBatchSampler", "read_manifest"}
+_LAZY_SEEG = {"SeegDataModule", "read_seeg_manifest"}
 
 __all__ = [
     "DataError",
@@ -36,6 +40,15 @@ __all__ = [
     "embed_captions",
     "FrozenImageEncoder",
     "FrozenTextEncoder",
+    "SeegDataModule",
+    "read_seeg_manifest",
+    "prepare_seeg",
+    "read_seeg_file",
+    "list_bids_subjects",
+    "synthesize_seeg",
+    "load_seeg_truth",
+    "seeg_oracle_accuracy",
+    "seeg_word_labels",
 ]
 
 
@@ -44,8 +57,12 @@ def __getattr__(name: str) -> Any:
         from . import fmri
 
         return getattr(fmri, name)
+    if name in _LAZY_SEEG:
+        from . import seeg
+
+        return getattr(seeg, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | _LAZY)
+    return sorted(set(globals()) | _LAZY | _LAZY_SEEG)

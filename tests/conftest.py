@@ -51,3 +51,39 @@ def tiny_checkpoint(tiny_prepared, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("tiny_run")
     main(fit_args(tiny_prepared, run_dir))
     return run_dir / "checkpoints" / "last.ckpt"
+
+
+# sEEG: 3 subjects (8/9/10 contacts, 4/5/6 region contacts), 6 words x 10 trials, 1 s epochs at 250 Hz.
+TINY_SEEG = dict(
+    n_subjects=3,
+    n_channels=[8, 9, 10],
+    region_channels=[4, 5, 6],
+    n_words=6,
+    trials_per_word=10,
+    runs=2,
+    sfreq=250.0,
+    epoch_s=1.0,
+    latent_dim=3,
+    n_basis=6,
+    snr=0.5,
+    oracle_trials=30,
+    seed=0,
+)
+TINY_SEEG_PREPARE = dict(l_freq=1.0, h_freq=100.0, tmin=0.0, tmax=1.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_seeg_bids(tmp_path_factory) -> Path:
+    """A tiny synthetic BIDS-iEEG dataset written through mne-bids (BrainVision)."""
+    pytest.importorskip("mne_bids")
+    from litbrain.datamodules import synthesize_seeg
+
+    return synthesize_seeg(tmp_path_factory.mktemp("tiny_seeg") / "bids", **TINY_SEEG)
+
+
+@pytest.fixture(scope="session")
+def tiny_seeg_prepared(tiny_seeg_bids) -> Path:
+    """``tiny_seeg_bids`` prepared (bipolar, vSMC+STG): 4/5/6 channels x 250 samples, 48/6/6 epochs."""
+    from litbrain.datamodules import prepare_seeg
+
+    return prepare_seeg(tiny_seeg_bids, tiny_seeg_bids.parent / "prepared", **TINY_SEEG_PREPARE)

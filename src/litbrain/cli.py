@@ -25,11 +25,13 @@ def _function_verbs() -> dict[str, tuple[Callable[..., Any], str]]:
     # Imported lazily: `litbrain --help` should not pay for torch/lightning imports.
     from litbrain import evaluation, hub, zero
     from litbrain.benchmarks import fmri as bench_fmri
-    from litbrain.datamodules import fmri_prepare, fmri_synthetic, targets
+    from litbrain.datamodules import fmri_prepare, fmri_synthetic, seeg_prepare, seeg_synthetic, targets
 
     fns = {
         "synthesize": fmri_synthetic.synthesize_fmri,
         "prepare": fmri_prepare.prepare_fmri,
+        "synthesize-seeg": seeg_synthetic.synthesize_seeg,
+        "prepare-seeg": seeg_prepare.prepare_seeg,
         "embed-images": targets.embed_images,
         "embed-captions": targets.embed_captions,
         "evaluate": evaluation.evaluate_decoder,
@@ -45,6 +47,8 @@ def _function_verbs() -> dict[str, tuple[Callable[..., Any], str]]:
 FUNCTION_VERB_HELP = {
     "synthesize": "write a synthetic NSD-like fMRI dataset with known ground truth",
     "prepare": "mask, z-score and shard raw NIfTI betas into a prepared dataset",
+    "synthesize-seeg": "write a synthetic BIDS-iEEG word-reading dataset with its Bayes-optimal accuracy",
+    "prepare-seeg": "BIDS-iEEG -> bipolar, filtered, region-selected, z-scored epochs in shards",
     "embed-images": "image-embedding targets from a frozen open_clip/timm encoder",
     "embed-captions": "caption-embedding targets from a frozen open_clip/hf text encoder",
     "evaluate": "retrieval/identification of a decoder vs ridge, oracle and chance",

@@ -1,0 +1,214 @@
+"""LightningDataModule over a prepared sEEG dataset (see ``seeg_prepare`` for the layout).
+
+Batches are plain dicts, the same shape as the fMRI batches (:mod:`.fmri`)::
+
+    {"subject": LongTensor[B],                          # index into dm.subjects, one per row
+     "brain":   {subject_id: FloatTensor[b_s, C_s, T]},  # float32 z-scored epochs, groups in
+                                                        # dm.subjects order (only subjects present)
+     "label":   LongTensor[B]}                          # word id (row of labels.tsv); -1 = unlabelled
+
+``B = sum_s b_s``; rows of ``subject``/``label`` follow the ``brain`` groups concatenated in
+``dm.subjects`` order. The shared ``SubjectAdapter`` maps channels: move the channel axis last
+(``x.transpose(1, 2)``: ``(b, T, C_s)``) before calling it.
+
+* train loader: :class:`~litbrain.datamodules.MultiSubjectBatchSampler` (``batch_size //
+  len(subjects)`` rows of every subject per batch, reshuffled every epoch, DDP-aware, resumable).
+  With ``label_fraction < 1`` every training epoch is still served, but only a seeded,
+  per-word stratified fraction of them keeps its label; the others carry ``-1`` (use
+  ``ignore_index=-1`` in the loss; self-supervised stages use every epoch).
+* val / test / predict loaders: a LIST with one loader per subject (fixed order).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ._io import DataError, MmapRows
+from ._resumable import ResumableDataLoader
+from .fmri import MultiSubjectBatchSampler, _identity
+
+__all__ = ["SeegDataModule", "read_seeg_manifest"]
+
+
+def read_seeg_manifest(data_dir: str | os.PathLike) -> dict:
+    """Load and check ``manifest.json`` of a prepared sEEG dataset (raises :class:`DataError`)."""
+    d = Path(data_dir)
+    mpath = d / "manifest.json"
+    if not mpath.is_file():
+        raise DataError(f"{mpath}: not found, {d} is not a prepared sEEG dataset; fix: run prepare_seeg on the "
+                        f"BIDS root with this folder as out_dir")
+    try:
+        m = json.loads(mpath.read_text())
+    except Exception as exc:
+        raise DataError(f"{mpath}: unreadable ({exc}); fix: re-run prepare_seeg with overwrite=True") from exc
+    if m.get("kind") != "seeg" or m.get("format_version") != 1:
+        raise DataError(f"{mpath}: not a prepared sEEG dataset (kind={m.get('kind')!r}, format_version="
+                        f"{m.get('format_version')}); fix: re-run prepare_seeg (overwrite=True)")
+    return m
+
+
+class _SeegSplit:
+    def __init__(self, data_dir: Path, subject: str, split: str, labels: np.ndarray | None = None):
+        d = data_dir / subject
+        self.brain = MmapRows(d / f"{split}_brain.npy")
+        self.label = np.load(d / f"{split}_label.npy") if labels is None else labels
+        if len(self.label) != len(self.brain):
+            raise DataError(f"{d}/{split}_label.npy: {len(self.label)} rows but {split}_brain.npy has "
+                            f"{len(self.brain)}; fix: re-run prepare_seeg with overwrite=True")
+        self.n = len(self.label)
+
+
+class _SeegBatches(Dataset):
+    def __init__(self, splits: list[_SeegSplit], subjects: list[str], subject_index: int | None = None):
+        self.splits, self.subjects, self.subject_index = splits, subjects, subject_index
+        self.offsets = np.cumsum([0] + [s.n for s in splits])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, index):
+        idx = np.atleast_1d(np.asarray(index, dtype=np.int64))
+        subj = np.searchsorted(self.offsets, idx, side="right") - 1
+        brain, subj_out, lab_out = {}, [], []
+        for s in np.unique(subj):
+            rows = np.sort(idx[subj == s] - self.offsets[s])
+            sp = self.splits[s]
+            brain[self.subjects[s]] = torch.from_numpy(sp.brain.take(rows).astype(np.float32))
+            subj_out.append(np.full(rows.size, s if self.subject_index is None else self.subject_index, np.int64))
+            lab_out.append(sp.label[rows])
+        return {"subject": torch.from_numpy(np.concatenate(subj_out)), "brain": brain,
+                "label": torch.from_numpy(np.concatenate(lab_out).astype(np.int64))}
+
+    __getitems__ = __getitem__
+
+
+class SeegDataModule(pl.LightningDataModule):
+    """Multi-subject sEEG word-decoding data from a prepared folder (:func:`prepare_seeg`).
+
+    Args:
+        data_dir: Prepared dataset folder (holds manifest.json with kind "seeg").
+        subjects: Subject ids in this order (``dm.subjects``); ``None`` = all prepared subjects.
+        batch_size: Training rows per batch per device (``batch_size // len(subjects)`` per subject);
+            eval loaders use ``batch_size`` rows of one subject.
+        num_workers: DataLoader worker processes.
+        label_fraction: Fraction of each subject's training epochs that keep their label
+            (stratified per word, at least one per word, seeded); the rest get label ``-1``.
+        seed: Seed of the shuffling and of the labelled subset.
+    """
+
+    def __init__(self, data_dir: str, subjects: list[str] | None = None, batch_size: int = 64,
+                 num_workers: int = 0, label_fraction: float = 1.0, seed: int = 0):
+        super().__init__()
+        self.save_hyperparameters()
+        self.data_dir = Path(data_dir)
+        self.manifest = read_seeg_manifest(self.data_dir)
+        available = list(self.manifest["subjects"])
+        subjects = available if subjects is None else list(subjects)
+        unknown = [s for s in subjects if s not in available]
+        if unknown or not subjects or len(set(subjects)) != len(subjects):
+            raise DataError(f"{self.data_dir}: subjects={subjects} unknown or repeated (available: {available}); "
+                            f"fix: list each available subject at most once")
+        if not 0.0 < float(label_fraction) <= 1.0:
+            raise DataError(f"label_fraction={label_fraction}: must be in (0, 1]; fix: e.g. 0.2 or 1.0")
+        if batch_size < len(subjects):
+            raise DataError(f"batch_size={batch_size} < {len(subjects)} subjects; fix: batch_size >= {len(subjects)}")
+        self.subjects: list[str] = subjects
+        self.subject_channels: dict[str, int] = {s: int(self.manifest["subjects"][s]["n_channels"]) for s in subjects}
+        self.labels: list[str] = list(self.manifest["labels"])
+        self.n_labels: int = len(self.labels)
+        self.n_times: int = int(self.manifest["n_times"])
+        self.sfreq: float = float(self.manifest["sfreq"])
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.label_fraction, self.seed = float(label_fraction), int(seed)
+        self._splits: dict[str, list[_SeegSplit]] = {}
+        self._train_loader: ResumableDataLoader | None = None
+        self._train_loader_state: dict | None = None
+
+    def _train_labels(self, subject: str) -> np.ndarray:
+        lab = np.load(self.data_dir / subject / "train_label.npy")
+        if self.label_fraction >= 1.0:
+            return lab
+        rng = np.random.default_rng([self.seed, zlib.crc32(subject.encode())])
+        keep = np.zeros(lab.size, dtype=bool)
+        for w in np.unique(lab):
+            idx = np.flatnonzero(lab == w)
+            k = max(1, int(round(self.label_fraction * idx.size)))
+            keep[rng.choice(idx, size=k, replace=False)] = True
+        return np.where(keep, lab, -1)
+
+    def _get_splits(self, split: str) -> list[_SeegSplit]:
+        if split not in self._splits:
+            out = []
+            for s in self.subjects:
+                sp = _SeegSplit(self.data_dir, s, split, self._train_labels(s) if split == "train" else None)
+                if sp.n == 0:
+                    raise DataError(f"{self.data_dir / s / (split + '_brain.npy')}: {split} split is empty; "
+                                    f"fix: re-run prepare_seeg with another split or drop subject {s}")
+                out.append(sp)
+            self._splits[split] = out
+        return self._splits[split]
+
+    def n_rows(self, split: str) -> dict[str, int]:
+        return {s: sp.n for s, sp in zip(self.subjects, self._get_splits(split))}
+
+    def _dist(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return int(trainer.world_size), int(trainer.global_rank)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size(), torch.distributed.get_rank()
+        return 1, 0
+
+    def _loader_kwargs(self) -> dict:
+        return {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0,
+                "pin_memory": torch.cuda.is_available(), "collate_fn": _identity}
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            self._get_splits("train")
+        if stage in (None, "fit", "validate"):
+            self._get_splits("val")
+        if stage in (None, "test", "predict"):
+            self._get_splits("test")
+
+    def train_dataloader(self) -> DataLoader:
+        splits = self._get_splits("train")
+        world, rank = self._dist()
+        sampler = MultiSubjectBatchSampler([sp.n for sp in splits], self.batch_size // len(self.subjects),
+                                           seed=self.seed, num_replicas=world, rank=rank)
+        loader = ResumableDataLoader(_SeegBatches(splits, self.subjects), batch_size=None, sampler=sampler,
+                                     **self._loader_kwargs())
+        if self._train_loader_state:
+            loader.load_state_dict(self._train_loader_state)
+        self._train_loader = loader
+        return loader
+
+    def state_dict(self) -> dict:
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._train_loader_state = state_dict.get("train_loader")
+        if self._train_loader is not None and self._train_loader_state:
+            self._train_loader.load_state_dict(self._train_loader_state)
+
+    def _eval_loaders(self, split: str) -> list[DataLoader]:
+        return [DataLoader(_SeegBatches([sp], [s], subject_index=i), batch_size=self.batch_size, shuffle=False,
+                           drop_last=False, **self._loader_kwargs())
+                for i, (s, sp) in enumerate(zip(self.subjects, self._get_splits(split)))]
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("val")
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("test")
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("test")

@@ -1,0 +1,424 @@
+"""Synthetic sEEG word-production data in real BIDS-iEEG (mne-bids), with a known Bayes oracle.
+
+:func:`synthesize_seeg` writes a BIDS-iEEG dataset that :func:`litbrain.datamodules.prepare_seeg`
+reads: per subject and run a recording (BrainVision or EDF, written by ``mne_bids.write_raw_bids``
+from an ``mne.io.RawArray`` of channel type ``seeg``), ``channels.tsv``, ``events.tsv`` (word
+onsets, ``trial_type`` = the word) and ``electrodes.tsv`` (contact coordinates, plus the two
+extra columns ``group`` = shaft and ``region`` = anatomical label), and ``truth.npz`` /
+``truth.json`` at the root (listed in ``.bidsignore``).
+
+Generative model, per subject ``s`` with ``C`` monopolar contacts on shafts ``A, B, ...``::
+
+    x(t)  = sum_trials  M_{word}[:, t - onset]   +  n(t)  +  line(t)          (C x time)
+    M_k   = A_{s,k} @ Phi^T,    A_{s,k} = W_s @ B_k  on region contacts, 0 elsewhere
+    n     ~ GaussianProcess: cov(vec n) = S_s (x) Sigma_t    (Kronecker: space x time)
+    S_s   = noise^2 * (diag(g_c^2) + common_noise^2 * 11^T)     own + common-reference noise
+    Sigma_t[l] = sum_i v_i rho_i^|l| + w delta_l                sum of AR(1) = 1/f-like spectrum
+    line  = a_c cos(2 pi f_line t + phi) + 0.3 a_c cos(2 pi 2 f_line t + 2 phi)
+
+``B_k`` (latent_dim x n_basis) is the word's code, shared by all subjects; ``W_s``
+(region contacts x latent_dim) is subject specific; ``Phi`` (time x n_basis) holds Gabor bursts
+at word-locked latencies (3-25 Hz). Region shafts (one per region) hold the region contacts
+followed by one white-matter contact, so bipolar re-referencing along the shaft (anode label)
+yields exactly ``region_channels`` region channels.
+
+Oracle: for Gaussian noise with a known covariance and known class means, the Bayes-optimal
+rule is the linear discriminant ``argmax_k <S^-1 A_k, Y> - 1/2 <S^-1 A_k, A_k G>`` with
+``Y = X Q Phi`` and ``G = Phi^T Q Phi``, where ``Q`` is ``Sigma_t^-1`` with the line-noise
+subspace projected out (line noise of unknown phase is a nuisance with a flat prior). It uses
+every contact of the raw monopolar epoch, so it upper-bounds any decoder of the recording. Its
+accuracy is measured on ``oracle_trials`` fresh trials per word and subject, drawn exactly from
+the generative model, and written to ``truth.json`` (``oracle_accuracy`` per subject and mean,
+with its standard error, and chance = 1 / n_words).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import string
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ._io import DataError, atomic_dir
+
+__all__ = ["synthesize_seeg", "load_seeg_truth", "seeg_oracle_accuracy", "seeg_word_labels"]
+
+TRUTH_FORMAT = "litbrain-synthetic-seeg/1"
+_TAUS_S = (0.002, 0.01, 0.05, 0.25, 1.0)  # AR(1) time constants: 1/f-like between ~0.2 and ~80 Hz
+_WHITE = 0.05
+_OTHER_REGIONS = ("WM", "INS", "MTG", "HPC", "IFG")
+_CONTACTS_PER_SHAFT = 6
+_UNIT = 1e-5  # model units -> volts (signal RMS ~ 10 uV)
+
+
+def seeg_word_labels(n_words: int) -> list[str]:
+    """The synthetic vocabulary: ``word01``, ``word02``, ..."""
+    width = max(2, len(str(n_words)))
+    return [f"word{i + 1:0{width}d}" for i in range(n_words)]
+
+
+# ----------------------------------------------------------------------------- noise model
+def _ar_params(sfreq: float) -> tuple[np.ndarray, np.ndarray, float]:
+    rho = np.exp(-1.0 / (np.asarray(_TAUS_S) * sfreq))
+    v = np.full(len(_TAUS_S), (1.0 - _WHITE) / len(_TAUS_S))
+    return rho, v, _WHITE
+
+
+def _autocov(n: int, sfreq: float) -> np.ndarray:
+    """First column of the (unit-variance) temporal covariance Sigma_t, lags 0..n-1."""
+    rho, v, w = _ar_params(sfreq)
+    lags = np.arange(n)
+    r = (v[:, None] * rho[:, None] ** lags[None, :]).sum(0)
+    r[0] += w
+    return r
+
+
+def _background(rng: np.random.Generator, shape: tuple[int, ...], sfreq: float) -> np.ndarray:
+    """Stationary unit-variance 1/f-like noise along the last axis (exact covariance _autocov)."""
+    from scipy.signal import lfilter
+
+    rho, v, w = _ar_params(sfreq)
+    out = math.sqrt(w) * rng.standard_normal(shape)
+    for r_, v_ in zip(rho, v):
+        e = rng.standard_normal(shape)
+        y0 = math.sqrt(v_) * rng.standard_normal(shape[:-1])  # stationary start
+        b = math.sqrt(v_ * (1.0 - r_ * r_))
+        y = lfilter([b], [1.0, -r_], e, axis=-1, zi=(r_ * y0)[..., None])[0]
+        out += y
+    return out
+
+
+def _basis(n_times: int, sfreq: float, n_basis: int, rng: np.random.Generator) -> np.ndarray:
+    """Phi (n_times, n_basis): unit-norm Gabor bursts at word-locked latencies."""
+    t = np.arange(n_times) / sfreq
+    dur = n_times / sfreq
+    centres = np.linspace(0.12, 0.85, n_basis) * dur + rng.uniform(-0.03, 0.03, n_basis) * dur
+    freqs = np.exp(rng.uniform(np.log(3.0), np.log(25.0), n_basis))
+    phi = np.empty((n_times, n_basis))
+    for j in range(n_basis):
+        width = max(0.04 * dur, 1.5 / freqs[j])
+        env = np.exp(-0.5 * ((t - centres[j]) / width) ** 2)
+        phi[:, j] = env * np.cos(2 * np.pi * freqs[j] * (t - centres[j]) + rng.uniform(0, 2 * np.pi))
+        phi[:, j] /= np.linalg.norm(phi[:, j]) + 1e-12
+    return phi
+
+
+def _line_basis(n_times: int, sfreq: float, line_freq: float) -> np.ndarray:
+    t = np.arange(n_times) / sfreq
+    cols = []
+    for h in (1, 2):
+        if h * line_freq < sfreq / 2:
+            cols += [np.cos(2 * np.pi * h * line_freq * t), np.sin(2 * np.pi * h * line_freq * t)]
+    return np.stack(cols, 1) if cols else np.zeros((n_times, 0))
+
+
+# ----------------------------------------------------------------------------- layout
+def _layout(n_contacts: int, n_region: int, regions: Sequence[str], rng: np.random.Generator, sid: str):
+    """Contact names, shaft, region label and position (mm) for one subject."""
+    n_reg = len(regions)
+    need = n_region + n_reg
+    if n_contacts < need:
+        raise DataError(f"synthesize_seeg: {sid} has {n_contacts} contacts but {n_region} region contacts on "
+                        f"{n_reg} region shafts need >= {need} (one white-matter contact ends each region shaft); "
+                        f"fix: raise n_channels or lower region_channels")
+    per = [n_region // n_reg + (1 if i < n_region % n_reg else 0) for i in range(n_reg)]
+    shafts: list[list[str]] = []  # region label per contact, shaft by shaft
+    for i, reg in enumerate(regions):
+        shafts.append([reg] * per[i] + ["WM"])
+    rest = n_contacts - need
+    k = 0
+    while rest > 0:
+        m = min(_CONTACTS_PER_SHAFT, rest)
+        lab = _OTHER_REGIONS[k % len(_OTHER_REGIONS)]
+        shafts.append([lab] * (m - 1) + ["WM"] if m > 1 else [lab])
+        rest -= m
+        k += 1
+    letters = string.ascii_uppercase
+    names, group, region, pos = [], [], [], []
+    for si, labs in enumerate(shafts):
+        shaft = letters[si % 26] * (1 + si // 26)
+        entry = rng.uniform(-60, 60, 3)
+        direction = rng.standard_normal(3)
+        direction /= np.linalg.norm(direction)
+        for ci, lab in enumerate(labs):
+            names.append(f"{shaft}{ci + 1}")
+            group.append(shaft)
+            region.append(lab)
+            pos.append(entry + 3.5 * ci * direction)
+    return names, group, region, np.array(pos)
+
+
+def _montage_kwargs():
+    """DigMontage frame + BIDSPath space accepted by mne-bids for iEEG without an MRI."""
+    return {"coord_frame": "mni_tal"}, {"space": "fsaverage"}
+
+
+# ----------------------------------------------------------------------------- main entry
+def synthesize_seeg(
+    out_dir: str | os.PathLike,
+    n_subjects: int = 3,
+    n_channels: int | Sequence[int] = (12, 15, 18),
+    n_words: int = 61,
+    trials_per_word: int = 20,
+    runs: int = 2,
+    sfreq: float = 1000.0,
+    epoch_s: float = 3.0,
+    iti_s: float = 0.5,
+    line_freq: float = 50.0,
+    region_channels: int | Sequence[int] = 10,
+    regions: Sequence[str] = ("vSMC", "STG"),
+    latent_dim: int = 6,
+    n_basis: int = 8,
+    snr: float = 0.6,
+    noise: float = 1.0,
+    common_noise: float = 1.0,
+    line_noise: float = 2.0,
+    format: str = "BrainVision",
+    oracle_trials: int = 20,
+    task: str = "words",
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path:
+    """Write a synthetic BIDS-iEEG word-production dataset with known ground truth; return its root.
+
+    Args:
+        out_dir: BIDS root to create (built next to it, then renamed into place).
+        n_subjects: Subjects ``sub-01`` ... (different contact counts and mixing each).
+        n_channels: Monopolar sEEG contacts per subject: one int (subject s gets ``n + 3 s``) or one
+            per subject.
+        n_words: Vocabulary size (``word01`` ...); chance accuracy is ``1 / n_words``.
+        trials_per_word: Trials of each word per subject, spread evenly over ``runs``.
+        runs: Recording runs per subject (``run-1`` ...), each its own file.
+        sfreq: Sampling rate (Hz).
+        epoch_s: Duration of the word-locked response after each onset (s).
+        iti_s: Minimum silence between the end of one response and the next onset (s), plus a
+            uniform 0-0.5 s jitter.
+        line_freq: Mains frequency (Hz): line noise at it and its 2nd harmonic; also
+            ``PowerLineFrequency`` in the sidecar.
+        region_channels: Contacts carrying the word signal (int or one per subject), split over
+            ``regions`` (one shaft each, closed by a white-matter contact).
+        regions: Region labels of the signal-carrying contacts (electrodes.tsv ``region``).
+        latent_dim: Rank of the shared word code ``B_k`` (latent_dim x n_basis).
+        n_basis: Number of temporal bursts in ``Phi``.
+        snr: RMS of the word signal on region contacts over the epoch / RMS of a contact's own
+            background noise (``noise``).
+        noise: Standard deviation of each contact's own 1/f background (model units; 1 unit = 10 uV).
+        common_noise: Standard deviation of the common-reference 1/f noise, relative to ``noise``.
+        line_noise: Mean amplitude of the line noise, relative to ``noise``.
+        format: ``"BrainVision"`` (float32, lossless here) or ``"EDF"`` (16-bit), mne-bids ``format=``.
+        oracle_trials: Fresh trials per word and subject used to measure the oracle accuracy.
+        task: BIDS task label.
+        seed: Random seed; the same arguments give identical files.
+        overwrite: Replace ``out_dir`` if it exists with other parameters.
+
+    Returns:
+        The BIDS root.
+    """
+    out = Path(out_dir)
+    params = {k: v for k, v in locals().items() if k not in ("out_dir", "overwrite", "out")}
+    params = json.loads(json.dumps(params, default=list))
+    if out.exists() and not overwrite:
+        try:
+            existing = json.loads((out / "truth.json").read_text()).get("parameters")
+        except (OSError, ValueError):
+            existing = None
+        if existing == params:
+            return out
+        raise DataError(f"{out}: already exists with other parameters; fix: pass overwrite=True or choose "
+                        f"another directory")
+    if min(n_subjects, n_words, trials_per_word, runs, latent_dim, n_basis, oracle_trials) < 1:
+        raise DataError("synthesize_seeg: n_subjects, n_words, trials_per_word, runs, latent_dim, n_basis and "
+                        "oracle_trials must be >= 1; fix: pass positive values")
+    if format not in ("BrainVision", "EDF"):
+        raise DataError(f"synthesize_seeg: format={format!r}; fix: use 'BrainVision' or 'EDF'")
+    if not regions:
+        raise DataError("synthesize_seeg: regions is empty; fix: name at least one region, e.g. ['vSMC', 'STG']")
+
+    def per_subject(v, name, step):
+        if isinstance(v, (int, np.integer)):
+            return [int(v) + step * s for s in range(n_subjects)]
+        v = [int(x) for x in v]
+        if len(v) != n_subjects:
+            raise DataError(f"synthesize_seeg: {name} has {len(v)} entries for {n_subjects} subjects; "
+                            f"fix: give one per subject or a single int")
+        return v
+
+    n_ch = per_subject(n_channels, "n_channels", 3)
+    n_rc = per_subject(region_channels, "region_channels", 0)
+    words = seeg_word_labels(n_words)
+    n_times = int(round(epoch_s * sfreq))
+
+    ss = np.random.SeedSequence(seed)
+    rng_fn, rng_oracle, *rng_subs = [np.random.default_rng(s) for s in ss.spawn(2 + n_subjects)]
+    phi = _basis(n_times, sfreq, n_basis, rng_fn)
+    codes = rng_fn.standard_normal((n_words, latent_dim, n_basis))
+    truth: dict[str, np.ndarray] = {
+        "format": np.array(TRUTH_FORMAT),
+        "words": np.array(words),
+        "phi": phi,
+        "codes": codes,
+        "sfreq": np.array(float(sfreq)),
+        "line_freq": np.array(float(line_freq)),
+        "subjects": np.array([f"sub-{s + 1:02d}" for s in range(n_subjects)]),
+        "description": np.array(
+            "epoch X (contacts x time) of word k = A[k] @ phi.T + noise; A[k] = <sub>.mixing @ codes[k] on "
+            "<sub>.region_rows; noise cov = <sub>.spatial_cov (x) toeplitz(<sub>.temporal_autocov) plus line "
+            "noise; values in model units (1 unit = 1e-5 V in the files)."),
+    }
+
+    import mne
+    from mne_bids import BIDSPath, write_raw_bids
+
+    montage_kw, space_kw = _montage_kwargs()
+    oracle: dict[str, dict] = {}
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for s in range(n_subjects):
+            sid = f"{s + 1:02d}"
+            sub = f"sub-{sid}"
+            rng = rng_subs[s]
+            names, group, region, pos = _layout(n_ch[s], n_rc[s], list(regions), rng, sub)
+            C = len(names)
+            reg_rows = np.flatnonzero(np.isin(region, list(regions)))
+            mixing = rng.standard_normal((reg_rows.size, latent_dim)) / math.sqrt(latent_dim)
+            A = np.zeros((n_words, C, n_basis))
+            A[:, reg_rows] = np.einsum("cl,klj->kcj", mixing, codes)
+            sig_rms = math.sqrt(np.mean([np.mean((A[k, reg_rows] @ phi.T) ** 2) for k in range(n_words)]))
+            scale = snr * noise / sig_rms
+            A *= scale
+            gains = np.exp(0.2 * rng.standard_normal(C))
+            S = noise ** 2 * (np.diag(gains ** 2) + common_noise ** 2 * np.ones((C, C)))
+            line_amp = line_noise * noise * np.exp(0.3 * rng.standard_normal(C))
+            truth[f"{sub}.channels"] = np.array(names)
+            truth[f"{sub}.region"] = np.array(region)
+            truth[f"{sub}.region_rows"] = reg_rows
+            truth[f"{sub}.mixing"] = mixing * scale
+            truth[f"{sub}.means"] = A  # (words, contacts, n_basis): class mean = means[k] @ phi.T
+            truth[f"{sub}.spatial_cov"] = S
+            truth[f"{sub}.line_amplitude"] = line_amp
+
+            montage = mne.channels.make_dig_montage(ch_pos=dict(zip(names, pos / 1000.0)), **montage_kw)
+            # trial schedule: every run holds an equal share of every word, shuffled
+            per_run = np.array_split(np.arange(trials_per_word), runs)
+            for r in range(runs):
+                seq = np.repeat(np.arange(n_words), len(per_run[r]))
+                seq = seq[rng.permutation(seq.size)]
+                gaps = epoch_s + iti_s + rng.uniform(0, 0.5, seq.size)
+                onsets = 1.0 + np.concatenate([[0.0], np.cumsum(gaps[:-1])])
+                onset_samp = np.round(onsets * sfreq).astype(np.int64)
+                n_samp = int(onset_samp[-1] + n_times + round(1.0 * sfreq))
+                L = np.linalg.cholesky(S)
+                data = L @ _background(rng, (C, n_samp), sfreq)
+                t = np.arange(n_samp) / sfreq
+                ph = rng.uniform(0, 2 * np.pi)
+                line = np.cos(2 * np.pi * line_freq * t + ph) + 0.3 * np.cos(2 * np.pi * 2 * line_freq * t + 2 * ph)
+                data += line_amp[:, None] * line[None, :]
+                for k, o in zip(seq, onset_samp):
+                    data[:, o:o + n_times] += A[k] @ phi.T
+                info = mne.create_info(names, sfreq, ch_types="seeg")
+                raw = mne.io.RawArray(data * _UNIT, info, verbose=False)
+                raw.info["line_freq"] = line_freq
+                with warnings.catch_warnings():  # no fiducials in a template (fsaverage) frame: expected
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    raw.set_montage(montage, verbose=False)
+                events = np.stack([onset_samp, np.zeros_like(onset_samp), seq + 1], 1)
+                bp = BIDSPath(subject=sid, task=task, run=r + 1, datatype="ieeg", root=tmp)
+                write_raw_bids(raw, bp, events=events, event_id={w: i + 1 for i, w in enumerate(words)},
+                               format=format, allow_preload=True, overwrite=False, verbose=False)
+                del data, raw
+            _add_electrode_columns(tmp / sub, names, group, region)
+            acc, se = _oracle(rng_oracle, A, S, phi, sfreq, line_freq, line_amp, oracle_trials)
+            oracle[sub] = {"oracle_accuracy": acc, "oracle_se": se, "n_contacts": C,
+                           "n_region_contacts": int(reg_rows.size)}
+        truth["temporal_autocov"] = _autocov(n_times, sfreq)
+        np.savez(tmp / "truth.npz", **truth)
+        mean_acc = float(np.mean([o["oracle_accuracy"] for o in oracle.values()]))
+        (tmp / "truth.json").write_text(json.dumps({
+            "generator": "litbrain.datamodules.synthesize_seeg", "truth_format": TRUTH_FORMAT,
+            "oracle": "Bayes-optimal linear discriminant with the true class means and noise covariance (line "
+                      "noise projected out), on the raw monopolar epoch [onset, onset + epoch_s)",
+            "oracle_accuracy": mean_acc, "chance": 1.0 / n_words, "subjects": oracle, "words": words,
+            "regions": list(regions), "n_times": n_times, "parameters": params}, indent=1))
+        (tmp / ".bidsignore").write_text("truth.npz\ntruth.json\n")
+    return out
+
+
+def _add_electrode_columns(sub_dir: Path, names: list[str], group: list[str], region: list[str]) -> None:
+    """Add ``group`` (shaft) and ``region`` columns to the subject's electrodes.tsv files."""
+    import pandas as pd
+
+    files = sorted(sub_dir.rglob("*_electrodes.tsv"))
+    if not files:
+        raise RuntimeError(f"{sub_dir}: mne-bids wrote no electrodes.tsv")
+    g, r = dict(zip(names, group)), dict(zip(names, region))
+    for f in files:
+        df = pd.read_csv(f, sep="\t", dtype=str, keep_default_na=False)
+        df["group"] = [g[n] for n in df["name"]]
+        df["region"] = [r[n] for n in df["name"]]
+        df.to_csv(f, sep="\t", index=False)
+
+
+def _oracle_filters(n_times: int, sfreq: float, line_freq: float, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """F = Q Phi (time x J) and G = Phi^T Q Phi, Q = Sigma_t^-1 with the line subspace projected out."""
+    from scipy.linalg import solve_toeplitz
+
+    r = _autocov(n_times, sfreq)
+    Lb = _line_basis(n_times, sfreq, line_freq)
+    K = solve_toeplitz(r, np.concatenate([phi, Lb], 1))
+    Kp, Kl = K[:, :phi.shape[1]], K[:, phi.shape[1]:]
+    if Lb.shape[1]:
+        Kp = Kp - Kl @ np.linalg.solve(Lb.T @ Kl, Lb.T @ Kp)
+    return Kp, phi.T @ Kp
+
+
+def _oracle(rng: np.random.Generator, A: np.ndarray, S: np.ndarray, phi: np.ndarray, sfreq: float,
+            line_freq: float, line_amp: np.ndarray, trials: int) -> tuple[float, float]:
+    """Accuracy (and its standard error) of the Bayes rule on fresh trials of one subject."""
+    n_words, C, _ = A.shape
+    n_times = phi.shape[0]
+    F, G = _oracle_filters(n_times, sfreq, line_freq, phi)
+    Sinv = np.linalg.inv(S)
+    H = np.einsum("cd,kdj->kcj", Sinv, A)
+    bias = 0.5 * np.einsum("kcj,kcj->k", H, A @ G)
+    L = np.linalg.cholesky(S)
+    t = np.arange(n_times) / sfreq
+    correct = 0
+    total = 0
+    for k in range(n_words):
+        noise = np.einsum("cd,ndt->nct", L, _background(rng, (trials, C, n_times), sfreq))
+        ph = rng.uniform(0, 2 * np.pi, trials)[:, None]
+        line = np.cos(2 * np.pi * line_freq * t + ph) + 0.3 * np.cos(2 * np.pi * 2 * line_freq * t + 2 * ph)
+        x = (A[k] @ phi.T)[None] + noise + line_amp[None, :, None] * line[:, None, :]
+        Y = x @ F  # (n, C, J)
+        scores = np.einsum("kcj,ncj->nk", H, Y) - bias[None]
+        correct += int(np.sum(scores.argmax(1) == k))
+        total += trials
+    acc = correct / total
+    return float(acc), float(math.sqrt(max(acc * (1 - acc), 1e-12) / total))
+
+
+# ----------------------------------------------------------------------------- truth access
+def load_seeg_truth(bids_root: str | os.PathLike) -> dict:
+    """``truth.json`` of a synthetic dataset (oracle accuracies, chance, parameters)."""
+    path = Path(bids_root) / "truth.json"
+    if not path.is_file():
+        raise DataError(f"{path}: not found; fix: the oracle needs a dataset written by synthesize_seeg")
+    t = json.loads(path.read_text())
+    if t.get("truth_format") != TRUTH_FORMAT:
+        raise DataError(f"{path}: unknown truth format {t.get('truth_format')}; fix: regenerate with synthesize_seeg")
+    return t
+
+
+def seeg_oracle_accuracy(bids_root: str | os.PathLike, subject: str | None = None) -> float:
+    """The oracle's accuracy for one subject (``"sub-01"``) or averaged over subjects (``None``)."""
+    t = load_seeg_truth(bids_root)
+    if subject is None:
+        return float(t["oracle_accuracy"])
+    if subject not in t["subjects"]:
+        raise DataError(f"{Path(bids_root) / 'truth.json'}: no subject {subject!r} (available: "
+                        f"{list(t['subjects'])}); fix: pick one of those")
+    return float(t["subjects"][subject]["oracle_accuracy"])
