@@ -45,8 +45,9 @@ def test_template_refuses_devices_other_than_ntasks_per_node_at_run_time(slurm_c
 def test_preempted_job_requeues_resumes_and_ends_with_the_uninterrupted_weights(slurm_cluster, tiny_prepared, tmp_path):
     run, ref_dir = tmp_path / "run", tmp_path / "ref"
     run.mkdir()
-    # Pace: 0.4 s per step, so the 20-step job is still training when SIGUSR1 comes (no numeric effect).
-    pace = ["--trainer.callbacks+=tests._fitproc.Pace", "--trainer.callbacks.init_args.seconds", "0.4"]
+    # Pace: 1 s per step, so the 20-step job is surely still training when SIGUSR1 comes, even on a
+    # loaded machine (at 0.4 s it once finished first in CI); no numeric effect.
+    pace = ["--trainer.callbacks+=tests._fitproc.Pace", "--trainer.callbacks.init_args.seconds", "1.0"]
     args = tiny_fit_args(tiny_prepared, run, epochs=2, every_n_train_steps=4)[1:] + pace
     job = sbatch(CPU_TEMPLATE, args, run / "job.out", "--ntasks-per-node=1", env=_job_env())
     # The uninterrupted reference: the same fit outside SLURM (same thread count; the CLI adds BatchSeed to both).
