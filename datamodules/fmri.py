@@ -214,7 +214,87 @@ class MultiSubjectBatchSampler(DistributedSampler):
             yield batches[b]
 
 
-class FmriDataModule(pl.LightningDataModule):
+class _MultiSubjectDataModule(pl.LightningDataModule):
+    """Loaders shared by the fMRI and sEEG DataModules (subclasses provide the splits and datasets).
+
+    Train: :class:`MultiSubjectBatchSampler` in a resumable loader; val/test/predict: one
+    loader per subject. Subclasses set ``subjects``, ``batch_size``, ``num_workers``, ``seed``,
+    ``_train_loader = None``, ``_train_loader_state = None`` and implement ``_get_splits``,
+    ``_train_dataset`` and ``_eval_dataset``.
+    """
+
+    def _get_splits(self, split: str) -> list:
+        raise NotImplementedError
+
+    def _train_dataset(self, splits: list) -> Dataset:
+        raise NotImplementedError
+
+    def _eval_dataset(self, split, subject: str, index: int) -> Dataset:
+        raise NotImplementedError
+
+    def _dist(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return int(trainer.world_size), int(trainer.global_rank)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size(), torch.distributed.get_rank()
+        return 1, 0
+
+    def _loader_kwargs(self) -> dict:
+        return {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0,
+                "pin_memory": torch.cuda.is_available(), "collate_fn": _identity}
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            self._get_splits("train")
+        if stage in (None, "fit", "validate"):
+            self._get_splits("val")
+        if stage in (None, "test", "predict"):
+            self._get_splits("test")
+
+    def train_dataloader(self) -> DataLoader:
+        splits = self._get_splits("train")
+        ds = self._train_dataset(splits)
+        world, rank = self._dist()
+        sampler = MultiSubjectBatchSampler([sp.n for sp in splits], self.batch_size // len(self.subjects),
+                                           seed=self.seed, num_replicas=world, rank=rank)
+        # Stateful, so a mid-epoch checkpoint resumes at the right batch (see _resumable).
+        loader = ResumableDataLoader(ds, batch_size=None, sampler=sampler, **self._loader_kwargs())
+        if self._train_loader_state:
+            loader.load_state_dict(self._train_loader_state)
+        self._train_loader = loader
+        return loader
+
+    # The train loader's position also travels through the DataModule's own checkpoint state:
+    # Lightning restores a loader's state only if the loader is created after the loop state is
+    # loaded, but configure_optimizers' `trainer.estimated_stepping_batches` creates it before.
+    def state_dict(self) -> dict:
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._train_loader_state = state_dict.get("train_loader")
+        if self._train_loader is not None and self._train_loader_state:
+            self._train_loader.load_state_dict(self._train_loader_state)
+
+    def _eval_loaders(self, split: str) -> list[DataLoader]:
+        loaders = []
+        for i, (s, sp) in enumerate(zip(self.subjects, self._get_splits(split))):
+            ds = self._eval_dataset(sp, s, i)
+            loaders.append(DataLoader(ds, batch_size=self.batch_size, shuffle=False, drop_last=False,
+                                      **self._loader_kwargs()))
+        return loaders
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("val")
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("test")
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("test")
+
+
+class FmriDataModule(_MultiSubjectDataModule):
     """Multi-subject fMRI decoding data from a prepared folder (:func:`prepare_fmri`).
 
     Args:
@@ -299,64 +379,8 @@ class FmriDataModule(pl.LightningDataModule):
             self._splits[split] = out
         return self._splits[split]
 
-    def _dist(self) -> tuple[int, int]:
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None:
-            return int(trainer.world_size), int(trainer.global_rank)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_world_size(), torch.distributed.get_rank()
-        return 1, 0
+    def _train_dataset(self, splits: list[_SubjectSplit]) -> Dataset:
+        return _MultiSubjectBatches(splits, self.subjects, self._embeddings())
 
-    def _loader_kwargs(self) -> dict:
-        return {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0,
-                "pin_memory": torch.cuda.is_available(), "collate_fn": _identity}
-
-    # ------------------------------------------------------------------ Lightning hooks
-    def setup(self, stage: str | None = None) -> None:
-        if stage in (None, "fit"):
-            self._get_splits("train")
-        if stage in (None, "fit", "validate"):
-            self._get_splits("val")
-        if stage in (None, "test", "predict"):
-            self._get_splits("test")
-
-    def train_dataloader(self) -> DataLoader:
-        splits = self._get_splits("train")
-        ds = _MultiSubjectBatches(splits, self.subjects, self._embeddings())
-        world, rank = self._dist()
-        sampler = MultiSubjectBatchSampler([sp.n for sp in splits], self.batch_size // len(self.subjects),
-                                           seed=self.seed, num_replicas=world, rank=rank)
-        # Stateful, so a mid-epoch checkpoint resumes at the right batch (see _resumable).
-        loader = ResumableDataLoader(ds, batch_size=None, sampler=sampler, **self._loader_kwargs())
-        if self._train_loader_state:
-            loader.load_state_dict(self._train_loader_state)
-        self._train_loader = loader
-        return loader
-
-    # The train loader's position also travels through the DataModule's own checkpoint state:
-    # Lightning restores a loader's state only if the loader is created after the loop state is
-    # loaded, but configure_optimizers' `trainer.estimated_stepping_batches` creates it before.
-    def state_dict(self) -> dict:
-        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self._train_loader_state = state_dict.get("train_loader")
-        if self._train_loader is not None and self._train_loader_state:
-            self._train_loader.load_state_dict(self._train_loader_state)
-
-    def _eval_loaders(self, split: str) -> list[DataLoader]:
-        loaders = []
-        for i, (s, sp) in enumerate(zip(self.subjects, self._get_splits(split))):
-            ds = _SingleSubjectRows(sp, s, i, self._embeddings())
-            loaders.append(DataLoader(ds, batch_size=self.batch_size, shuffle=False, drop_last=False,
-                                      **self._loader_kwargs()))
-        return loaders
-
-    def val_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders("val")
-
-    def test_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders("test")
-
-    def predict_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders("test")
+    def _eval_dataset(self, split: _SubjectSplit, subject: str, index: int) -> Dataset:
+        return _SingleSubjectRows(split, subject, index, self._embeddings())

@@ -26,14 +26,13 @@ import os
 import zlib
 from pathlib import Path
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ._io import DataError, MmapRows
 from ._resumable import ResumableDataLoader
-from .fmri import MultiSubjectBatchSampler, _identity
+from .fmri import _MultiSubjectDataModule
 
 __all__ = ["SeegDataModule", "read_seeg_manifest"]
 
@@ -90,7 +89,7 @@ class _SeegBatches(Dataset):
     __getitems__ = __getitem__
 
 
-class SeegDataModule(pl.LightningDataModule):
+class SeegDataModule(_MultiSubjectDataModule):
     """Multi-subject sEEG word-decoding data from a prepared folder (:func:`prepare_seeg`).
 
     Args:
@@ -159,56 +158,8 @@ class SeegDataModule(pl.LightningDataModule):
     def n_rows(self, split: str) -> dict[str, int]:
         return {s: sp.n for s, sp in zip(self.subjects, self._get_splits(split))}
 
-    def _dist(self) -> tuple[int, int]:
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None:
-            return int(trainer.world_size), int(trainer.global_rank)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_world_size(), torch.distributed.get_rank()
-        return 1, 0
+    def _train_dataset(self, splits: list[_SeegSplit]) -> Dataset:
+        return _SeegBatches(splits, self.subjects)
 
-    def _loader_kwargs(self) -> dict:
-        return {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0,
-                "pin_memory": torch.cuda.is_available(), "collate_fn": _identity}
-
-    def setup(self, stage: str | None = None) -> None:
-        if stage in (None, "fit"):
-            self._get_splits("train")
-        if stage in (None, "fit", "validate"):
-            self._get_splits("val")
-        if stage in (None, "test", "predict"):
-            self._get_splits("test")
-
-    def train_dataloader(self) -> DataLoader:
-        splits = self._get_splits("train")
-        world, rank = self._dist()
-        sampler = MultiSubjectBatchSampler([sp.n for sp in splits], self.batch_size // len(self.subjects),
-                                           seed=self.seed, num_replicas=world, rank=rank)
-        loader = ResumableDataLoader(_SeegBatches(splits, self.subjects), batch_size=None, sampler=sampler,
-                                     **self._loader_kwargs())
-        if self._train_loader_state:
-            loader.load_state_dict(self._train_loader_state)
-        self._train_loader = loader
-        return loader
-
-    def state_dict(self) -> dict:
-        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self._train_loader_state = state_dict.get("train_loader")
-        if self._train_loader is not None and self._train_loader_state:
-            self._train_loader.load_state_dict(self._train_loader_state)
-
-    def _eval_loaders(self, split: str) -> list[DataLoader]:
-        return [DataLoader(_SeegBatches([sp], [s], subject_index=i), batch_size=self.batch_size, shuffle=False,
-                           drop_last=False, **self._loader_kwargs())
-                for i, (s, sp) in enumerate(zip(self.subjects, self._get_splits(split)))]
-
-    def val_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders("val")
-
-    def test_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders("test")
-
-    def predict_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders("test")
+    def _eval_dataset(self, split: _SeegSplit, subject: str, index: int) -> Dataset:
+        return _SeegBatches([split], [subject], subject_index=index)
