@@ -47,6 +47,10 @@ class SubjectAdapter(nn.Module):
     parameters weight decay in the optimiser); kind="sttm" is See Through Their Minds'
     shallow block. Inputs of shape ``(..., in_features)``: for sEEG channels, move the channel
     axis last before calling.
+
+    ``readout=True`` turns every map around (shared width -> the subject's own features), for
+    decoders that reconstruct each subject's signal (Du-IN's VQ-VAE); it accepts ``kind="linear"``
+    only. Same API otherwise: inputs ``(..., out_features)``, outputs ``(..., in_features[s])``.
     """
 
     def __init__(
@@ -55,10 +59,14 @@ class SubjectAdapter(nn.Module):
         out_features: int,
         kind: AdapterKind = "linear",
         dropout: float = 0.5,
+        readout: bool = False,
     ) -> None:
         super().__init__()
         if kind not in ("linear", "sttm"):
             raise ValueError(f"SubjectAdapter kind={kind!r}; fix: use 'linear' or 'sttm'")
+        if readout and kind != "linear":
+            raise ValueError(f"SubjectAdapter readout=True with kind={kind!r}; fix: use kind='linear'")
+        self.readout = readout
         self.out_features = out_features
         self.kind = kind
         self.dropout = dropout
@@ -72,6 +80,8 @@ class SubjectAdapter(nn.Module):
         return list(self.in_features)
 
     def _make(self, n: int) -> nn.Module:
+        if self.readout:
+            return nn.Linear(self.out_features, n)
         if self.kind == "linear":
             return nn.Linear(n, self.out_features)
         return _SttmBlock(n, self.out_features, self.dropout)
@@ -105,6 +115,8 @@ class SubjectAdapter(nn.Module):
             raise KeyError(
                 f"no adapter for subject {subject!r} (known: {self.subjects}); fix: add_subject() it"
             ) from None
+        if self.readout:
+            expected = self.out_features
         if x.shape[-1] != expected:
             raise ValueError(
                 f"subject {subject!r}: input has {x.shape[-1]} features but its adapter expects "

@@ -1,0 +1,171 @@
+"""Vector quantiser with EMA codebook updates, k-means initialisation and dead-code restarts.
+
+Du-IN's stage-1 tokenizer (VQ-VAE, codebook 2048 x 64, EMA decay 0.99, k-means init). Codes are
+updated by exponential moving averages of the assigned encoder outputs (van den Oord et al.,
+appendix), not by gradients; the encoder gets the straight-through gradient plus the
+commitment term. Codes that go unused for long are restarted on random encoder outputs, so
+the codebook stays alive.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    # EMA statistics must agree across DDP ranks, or the replicas' codebooks drift apart.
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int = 10, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Lloyd's k-means on the rows of ``x`` with k-means++ seeding; returns (k, d).
+
+    With fewer distinct rows than ``k`` the remaining seeds repeat rows plus a little noise, so
+    every code starts distinct (the dead-code restarts spread them later).
+    """
+    n = x.shape[0]
+    first = int(torch.randint(n, (1,), generator=generator, device=x.device))
+    centers = [x[first]]
+    d2 = (x - x[first]).pow(2).sum(1)
+    for _ in range(1, k):
+        if float(d2.sum()) <= 0:  # every row is already a centre
+            pick = int(torch.randint(n, (1,), generator=generator, device=x.device))
+            c = x[pick] + 1e-3 * (x.std() + 1e-6) * torch.randn(x.shape[1], generator=generator, device=x.device)
+        else:
+            pick = int(torch.multinomial(d2, 1, generator=generator))
+            c = x[pick]
+        centers.append(c)
+        d2 = torch.minimum(d2, (x - c).pow(2).sum(1))
+    centers = torch.stack(centers).clone()
+    for _ in range(iters):
+        assign = torch.cdist(x, centers).argmin(1)
+        sums = torch.zeros_like(centers).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k).to(x.dtype)
+        filled = counts > 0
+        centers[filled] = sums[filled] / counts[filled, None]
+    return centers
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-code quantisation of the last dimension.
+
+    Args:
+        n_codes: codebook size (Du-IN: 2048).
+        dim: code dimension (Du-IN: 64).
+        decay: EMA decay of the code statistics (Du-IN: 0.99).
+        commitment: weight of ``||z - sg(q)||^2`` in the returned loss.
+        kmeans_init: initialise the codebook by k-means on the first training batch.
+        kmeans_iters: Lloyd iterations of that initialisation.
+        dead_after: restart a code whose EMA usage falls below ``dead_threshold`` for this many
+            training steps (0 disables restarts).
+        dead_threshold: EMA assignment count under which a code counts as unused.
+        eps: Laplace smoothing of the EMA cluster sizes.
+    """
+
+    def __init__(
+        self,
+        n_codes: int = 2048,
+        dim: int = 64,
+        decay: float = 0.99,
+        commitment: float = 0.25,
+        kmeans_init: bool = True,
+        kmeans_iters: int = 10,
+        dead_after: int = 50,
+        dead_threshold: float = 1e-2,
+        eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        if n_codes < 2 or dim < 1:
+            raise ValueError(f"VectorQuantizer n_codes={n_codes}, dim={dim}; fix: n_codes >= 2 and dim >= 1")
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"VectorQuantizer decay={decay}; fix: a value in (0, 1), e.g. 0.99")
+        self.n_codes, self.dim, self.decay, self.commitment = n_codes, dim, decay, commitment
+        self.kmeans_iters, self.dead_after, self.dead_threshold, self.eps = kmeans_iters, dead_after, dead_threshold, eps
+        self.register_buffer("codebook", torch.randn(n_codes, dim) * dim ** -0.5)
+        self.register_buffer("ema_size", torch.ones(n_codes))
+        self.register_buffer("ema_sum", self.codebook.clone())
+        self.register_buffer("initialised", torch.tensor(not kmeans_init))
+        self.register_buffer("idle_steps", torch.zeros(n_codes, dtype=torch.long))
+        # Codes hit since the last reset_usage(): the "codebook usage" metric.
+        self.register_buffer("usage_counts", torch.zeros(n_codes, dtype=torch.long), persistent=False)
+
+    # ------------------------------------------------------------------ codebook maintenance
+    @torch.no_grad()
+    def _init_codebook(self, flat: torch.Tensor) -> None:
+        centers = kmeans(flat.float(), self.n_codes, self.kmeans_iters)
+        if dist.is_available() and dist.is_initialized():
+            dist.broadcast(centers, 0)
+        self.codebook.copy_(centers)
+        self.ema_sum.copy_(centers)
+        self.ema_size.fill_(1.0)
+        self.initialised.fill_(True)
+
+    @torch.no_grad()
+    def _ema_update(self, flat: torch.Tensor, idx: torch.Tensor) -> None:
+        onehot_sum = torch.zeros_like(self.ema_sum).index_add_(0, idx, flat.float())
+        counts = torch.bincount(idx, minlength=self.n_codes).to(flat.dtype).float()
+        _all_reduce(onehot_sum)
+        _all_reduce(counts)
+        self.ema_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        self.ema_sum.mul_(self.decay).add_(onehot_sum, alpha=1 - self.decay)
+        n = self.ema_size.sum()
+        size = (self.ema_size + self.eps) / (n + self.n_codes * self.eps) * n  # Laplace smoothing
+        self.codebook.copy_(self.ema_sum / size[:, None])
+        if self.dead_after > 0:
+            self.idle_steps.add_(1).masked_fill_(counts > 0, 0)
+            dead = (self.idle_steps >= self.dead_after) & (self.ema_size < self.dead_threshold)
+            n_dead = int(dead.sum())
+            if n_dead:
+                # Restart on random encoder outputs of this batch (the same on every rank).
+                pick = torch.randint(flat.shape[0], (n_dead,), device=flat.device)
+                if dist.is_available() and dist.is_initialized():
+                    dist.broadcast(pick, 0)
+                new = flat[pick].float()
+                if dist.is_available() and dist.is_initialized():
+                    dist.broadcast(new, 0)
+                self.codebook[dead] = new
+                self.ema_sum[dead] = new
+                self.ema_size[dead] = 1.0
+                self.idle_steps[dead] = 0
+
+    # ------------------------------------------------------------------ API
+    def indices(self, z: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest code for each vector of ``z`` (..., dim) -> (...)."""
+        flat = z.reshape(-1, self.dim).float()
+        d = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.codebook.t() + self.codebook.pow(2).sum(1)[None]
+        return d.argmin(1).reshape(z.shape[:-1])
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Quantise ``z`` (..., dim): returns (straight-through quantised z, code indices, commitment loss)."""
+        if z.shape[-1] != self.dim:
+            raise ValueError(f"VectorQuantizer: input last dim {z.shape[-1]} != code dim {self.dim}")
+        flat = z.reshape(-1, self.dim)
+        if self.training and not bool(self.initialised):
+            self._init_codebook(flat.detach())
+        idx = self.indices(z)
+        q = F.embedding(idx, self.codebook).to(z.dtype)
+        if self.training:
+            self._ema_update(flat.detach(), idx.reshape(-1))
+        self.usage_counts += torch.bincount(idx.reshape(-1), minlength=self.n_codes)
+        loss = self.commitment * F.mse_loss(z, q.detach())
+        return z + (q - z).detach(), idx, loss
+
+    def reset_usage(self) -> None:
+        self.usage_counts.zero_()
+
+    def usage(self) -> float:
+        """Fraction of codes assigned at least once since the last :meth:`reset_usage`."""
+        return float((self.usage_counts > 0).float().mean())
+
+    def perplexity(self) -> float:
+        """exp(entropy) of the code assignment histogram since the last reset (max = n_codes)."""
+        p = self.usage_counts.float()
+        if p.sum() == 0:
+            return 0.0
+        p = p / p.sum()
+        return float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
