@@ -1,0 +1,177 @@
+"""ViT token-dropping benchmark of issue 5: images/s dense vs MustDrop stage 1 vs ToMe, on CPU.
+
+``python scripts/bench_vit_dropping.py`` (or ``python -m litbrain.benchmarks.vit_dropping``)
+builds timm's ``vit_base_patch16_224`` with random weights (nothing is downloaded) at
+``img_size=240`` (a 15x15 = 225 patch grid, so MustDrop's 3x3 windows tile it) and times,
+under ``torch.inference_mode``, batches of images through
+
+* dense: the model's own ``forward_features``;
+* MustDrop stage 1: :class:`~litbrain.nn.VisionTokenReducer` with ``method="mustdrop"``, the
+  window merge after ``merge_layer`` blocks with a kept-token budget;
+* ToMe: the same reducer with ``method="tome"`` and, at the output, exactly the token count
+  MustDrop actually ends with (r per block derived from it).
+
+The MustDrop budget is ``keep_fraction`` of the patches (25% of 225 = 56). Merging a 3x3
+window removes 8 tokens, so MustDrop merges ceil((225 - 56) / 8) = 22 windows and ends with
+49 tokens; ToMe is then run at 49 so both keep the same count. The window is 3 (the
+method's, PAPERS.md section 5) unless ``--window`` says otherwise; there is no fallback:
+if the grid is not divisible by the window, :class:`~litbrain.nn.VisionTokenReducer`
+raises its own error (pick ``--img-size`` / ``--window`` so that it is).
+Repetitions are interleaved (the order rotates every repetition, so a busy machine slows
+every method alike) and the median time per batch is reported.
+
+Bars (for this benchmark only; the smoke test runs ``--quick`` and never checks them):
+MustDrop >= 3x dense images/s at 25% tokens, and MustDrop >= ToMe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from typing import Any, Callable
+
+__all__ = ["BARS", "main", "run"]
+
+#: The bars of issue 5 for this benchmark: row -> (comparison, value).
+BARS: dict[str, tuple[str, float]] = {
+    "mustdrop_vs_dense": (">=", 3.0),
+    "mustdrop_vs_tome": (">=", 1.0),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scripts/bench_vit_dropping.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="vit_base_patch16_224", help="timm model name (random init)")
+    p.add_argument("--batch", type=int, default=8, help="images per batch")
+    p.add_argument("--keep-fraction", type=float, default=0.25, help="kept patch tokens as a fraction of the grid")
+    p.add_argument("--merge-layer", type=int, default=1, help="MustDrop: blocks run before the window merge")
+    p.add_argument(
+        "--img-size", type=int, default=None,
+        help="image side in pixels (default: 240 -> a 15x15 grid for ViT-B/16; --quick: 36 -> 9x9 with patch 4)",
+    )
+    p.add_argument("--window", type=int, default=3, help="MustDrop window side; the patch grid must be divisible by it")
+    p.add_argument("--reps", type=int, default=5, help="timed repetitions per method (interleaved)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed batches per method first")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="a tiny ViT and one repetition (smoke test)")
+    return p
+
+
+#: Default image side: the full run (ViT-B/16 -> 15x15 grid) and ``--quick`` (patch 4 -> 9x9 grid).
+DEFAULT_IMG_SIZE = 240
+QUICK_IMG_SIZE = 36
+
+
+def _build(args: argparse.Namespace):
+    import timm
+    from timm.models.vision_transformer import VisionTransformer
+
+    if args.quick:
+        img_size = args.img_size or QUICK_IMG_SIZE
+        return VisionTransformer(img_size=img_size, patch_size=4, embed_dim=64, depth=4, num_heads=4)
+    return timm.create_model(args.model, pretrained=False, img_size=args.img_size or DEFAULT_IMG_SIZE)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Measure; returns ``{"rows": [...], "bars": {...}, "config": {...}}``."""
+    import torch
+
+    from litbrain.nn.vision_reduction import VisionTokenReducer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    vit = _build(args).eval()
+    reps = 1 if args.quick else args.reps
+    batch = 2 if args.quick else args.batch
+    grid = tuple(vit.patch_embed.grid_size)
+    n_patch = grid[0] * grid[1]
+    keep = max(1, round(args.keep_fraction * n_patch))
+    window = args.window
+    img = tuple(vit.patch_embed.img_size)
+    images = torch.randn(batch, 3, *img)
+
+    # No window fallback: a grid the window does not divide fails here with the reducer's own error.
+    mustdrop = VisionTokenReducer(vit, method="mustdrop", keep=keep, window=window, merge_layer=args.merge_layer)
+    with torch.inference_mode():
+        counts = mustdrop(images).mask.sum(1)
+    mustdrop_kept = int(counts[0])
+    if not bool((counts == mustdrop_kept).all()):  # a keep budget gives every image the same count
+        raise RuntimeError(f"MustDrop kept different token counts per image: {counts.tolist()}")
+    tome = VisionTokenReducer(vit, method="tome", keep=mustdrop_kept)  # ToMe at MustDrop's actual count
+    methods: dict[str, Callable[[], Any]] = {
+        "dense": lambda: vit.forward_features(images),
+        "MustDrop stage 1": lambda: mustdrop(images),
+        "ToMe": lambda: tome(images),
+    }
+    kept: dict[str, float] = {}
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    with torch.inference_mode():
+        for name, fn in methods.items():
+            out = None
+            for _ in range(max(1, args.warmup)):
+                out = fn()
+            kept[name] = float(n_patch) if name == "dense" else float(out.mask.sum(1).float().mean())
+        names = list(methods)
+        for rep in range(reps):
+            order = names[rep % len(names) :] + names[: rep % len(names)]
+            if rep % 2:
+                order.reverse()
+            for name in order:
+                t0 = time.perf_counter()
+                methods[name]()
+                times[name].append(time.perf_counter() - t0)
+
+    ips = {name: batch / statistics.median(ts) for name, ts in times.items()}
+    rows = [
+        {"method": name, "kept_tokens": kept[name], "images_per_s": ips[name], "vs_dense": ips[name] / ips["dense"]}
+        for name in methods
+    ]
+    measured = {
+        "mustdrop_vs_dense": ips["MustDrop stage 1"] / ips["dense"],
+        "mustdrop_vs_tome": ips["MustDrop stage 1"] / ips["ToMe"],
+    }
+    bars = {
+        key: {"value": measured[key], "bar": f"{op} {val:g}", "ok": measured[key] >= val if op == ">=" else measured[key] <= val}
+        for key, (op, val) in BARS.items()
+    }
+    config = {
+        "model": "tiny VisionTransformer (quick)" if args.quick else args.model,
+        "batch": batch, "img_size": img, "grid": grid, "patches": n_patch, "keep": keep,
+        "mustdrop_kept": mustdrop_kept, "tome_keep": mustdrop_kept, "window": window, "merge_layer": args.merge_layer,
+        "reps": reps, "threads": torch.get_num_threads(),
+    }
+    return {"rows": rows, "bars": bars, "config": config}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    c = result["config"]
+    (ih, iw), (gh, gw), w = c["img_size"], c["grid"], c["window"]
+    lines = [
+        f"ViT token dropping, CPU: {c['model']}, image {ih}x{iw} px, grid {gh}x{gw} = {c['patches']} patches, "
+        f"window {w}x{w}, batch {c['batch']}",
+        f"MustDrop stage 1: budget {c['keep']} ({c['keep'] / c['patches']:.0%}) after block {c['merge_layer']} -> "
+        f"{c['mustdrop_kept']} tokens; ToMe at keep {c['tome_keep']}; "
+        f"median of {c['reps']} interleaved reps, {c['threads']} threads",
+        f"{'method':<18}{'kept tokens':>12}{'images/s':>12}{'vs dense':>10}",
+    ]
+    for r in result["rows"]:
+        lines.append(f"{r['method']:<18}{r['kept_tokens']:>12.1f}{r['images_per_s']:>12.2f}{r['vs_dense']:>9.2f}x")
+    for key, b in result["bars"].items():
+        lines.append(f"bar {key}: {b['value']:.2f} (want {b['bar']}) {'PASS' if b['ok'] else 'FAIL'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = _parser().parse_args(argv)
+    result = run(args)
+    print(format_table(result), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()

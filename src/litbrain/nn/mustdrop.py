@@ -1,0 +1,180 @@
+"""MustDrop stage 1 (vision encoding): window merge of similar neighbours and the key-token set.
+
+After an early ViT layer the patch grid is cut into ``window x window`` windows; a window
+whose tokens are alike (mean pairwise cosine similarity, self excluded, >= ``threshold``)
+becomes one token, their size-weighted mean. The "key-token set" is the top ``fraction`` of
+tokens by CLS attention in the last layer; later stages never drop it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["check_window_grid", "key_token_set", "window_merge", "window_similarity"]
+
+
+def check_window_grid(num_patches: int, grid_hw: tuple[int, int] | None, window: int) -> tuple[int, int]:
+    """Validate a patch grid for windowing; returns ``(H, W)``. ``grid_hw=None`` means square."""
+    if not isinstance(window, int) or window < 2:
+        raise ValueError(f"window={window!r} must be an int >= 2; fix: use e.g. window=3 (3x3 windows)")
+    if grid_hw is None:
+        side = math.isqrt(num_patches)
+        if side * side != num_patches:
+            raise ValueError(
+                f"grid_hw=None assumes a square patch grid, but {num_patches} patches is not a square number; "
+                "fix: pass grid_hw=(rows, cols)"
+            )
+        grid_hw = (side, side)
+    H, W = (int(v) for v in grid_hw)
+    if H * W != num_patches:
+        raise ValueError(f"grid_hw={grid_hw} has {H * W} cells but there are {num_patches} patch tokens; fix: pass the real grid")
+    if H % window or W % window:
+        divisors = [d for d in range(2, min(H, W) + 1) if H % d == 0 and W % d == 0]
+        raise ValueError(
+            f"patch grid {H}x{W} is not divisible by window={window}; "
+            f"fix: use window in {divisors or 'none (no common divisor >= 2)'} or an image size whose grid is"
+        )
+    return H, W
+
+
+def _window_groups(H: int, W: int, window: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``groups (nW, window**2)``: patch indices of each window, raster order (top-left first);
+    ``win_of (H*W,)``: the window of each patch."""
+    rows = torch.arange(H, device=device) // window
+    cols = torch.arange(W, device=device) // window
+    win_of = (rows[:, None] * (W // window) + cols[None, :]).reshape(-1)
+    groups = torch.argsort(win_of, stable=True).view(-1, window * window)
+    return groups, win_of
+
+
+def window_similarity(metric: Tensor, grid_hw: tuple[int, int] | None = None, window: int = 3) -> Tensor:
+    """Mean pairwise cosine similarity (self excluded) inside each window: ``(B, nW)``.
+
+    ``metric``: ``(B, H*W, C)`` patch features, raster order, CLS excluded.
+    """
+    B, N, _ = metric.shape
+    H, W = check_window_grid(N, grid_hw, window)
+    groups, _ = _window_groups(H, W, window, metric.device)
+    m = F.normalize(metric[:, groups], dim=-1)  # (B, nW, k, C)
+    sim = m @ m.transpose(-1, -2)  # (B, nW, k, k)
+    k = window * window
+    off_diag = sim.sum(dim=(-1, -2)) - sim.diagonal(dim1=-2, dim2=-1).sum(-1)
+    return off_diag / (k * (k - 1))
+
+
+def window_merge(
+    x: Tensor,
+    size: Tensor | None,
+    grid_hw: tuple[int, int] | None,
+    window: int = 3,
+    threshold: float = 0.8,
+    keep: int | None = None,
+    *,
+    metric: Tensor | None = None,
+    return_index: bool = False,
+) -> tuple[Tensor, ...]:
+    """Merge similar windows of the patch grid; returns ``(tokens, size, mask)``.
+
+    ``x``: ``(B, H*W, D)`` patch tokens in raster order, CLS excluded. ``size``: ``(B, H*W)``
+    patches each token already stands for (None = ones). ``grid_hw``: ``(H, W)``, or None for a
+    square grid. A window merges when its :func:`window_similarity` (on ``metric``, default
+    ``x``) is >= ``threshold``; with ``keep`` (a budget of tokens per image) the threshold is
+    ignored and the most similar windows merge until at most ``keep`` tokens are left (every
+    image then keeps the same count).
+
+    Outputs keep spatial order: a merged window sits where its top-left patch was. Under a
+    threshold the images of a batch may keep different counts: they are right-padded to the
+    longest, ``mask (B, N')`` is True on real tokens, padding has zero tokens and zero size.
+    The mass ``sum(size * x)`` is conserved. If nothing merges anywhere in the batch, ``x``
+    and ``size`` come back unchanged (the same tensors). ``return_index=True`` adds a
+    ``(B, H*W)`` long tensor: the output slot of every input patch.
+    """
+    if x.dim() != 3:
+        raise ValueError(f"window_merge: x must be (B, H*W, D) patch tokens, got shape {tuple(x.shape)}")
+    B, N, D = x.shape
+    H, W = check_window_grid(N, grid_hw, window)
+    k = window * window
+    n_windows = (H // window) * (W // window)
+    if size is None:
+        size = x.new_ones(B, N)
+    elif size.shape != (B, N):
+        raise ValueError(f"window_merge: size must be (B, N)={(B, N)}, got {tuple(size.shape)}")
+    if keep is not None:
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep <= 0 or keep > N:
+            raise ValueError(
+                f"keep={keep!r} must be an int in 1..{N} (the patch-token count); fix: pass a budget in that range, "
+                "or keep=None to merge by threshold"
+            )
+        n_merge = math.ceil((N - keep) / (k - 1))
+        if n_merge > n_windows:
+            raise ValueError(
+                f"keep={keep} is unreachable with window={window}: merging all {n_windows} windows leaves "
+                f"{n_windows} tokens; fix: use keep >= {n_windows} or a larger window"
+            )
+
+    with torch.no_grad():  # which windows merge is a discrete choice; gradients flow through the means
+        sim = window_similarity(x if metric is None else metric, (H, W), window)
+        if keep is None:
+            merged = sim >= threshold
+        else:
+            merged = torch.zeros(B, n_windows, dtype=torch.bool, device=x.device)
+            if n_merge:
+                merged.scatter_(1, sim.topk(n_merge, dim=1).indices, True)
+
+    if not bool(merged.any()):
+        mask = torch.ones(B, N, dtype=torch.bool, device=x.device)
+        out = (x, size, mask)
+        if return_index:
+            out += (torch.arange(N, device=x.device).expand(B, N),)
+        return out
+
+    groups, win_of = _window_groups(H, W, window, x.device)
+    patch = torch.arange(N, device=x.device)
+    # Every patch goes to its window's top-left patch if the window merges, else stays.
+    target = torch.where(merged[:, win_of], groups[win_of, 0], patch)  # (B, N)
+    kept = target == patch
+    slot = kept.long().cumsum(dim=1) - 1  # output position of each kept patch
+    index = slot.gather(1, target)  # output position of every patch
+    n_out = kept.sum(dim=1)
+    width = int(n_out.max())
+    mask = torch.arange(width, device=x.device) < n_out[:, None]
+
+    s = size.to(x.dtype)
+    mass = x.new_zeros(B, width, D).scatter_add(1, index[..., None].expand(B, N, D), x * s[..., None])
+    new_size = s.new_zeros(B, width).scatter_add(1, index, s)
+    tokens = mass / torch.where(mask, new_size, torch.ones_like(new_size))[..., None]
+    out = (tokens, new_size, mask)
+    if return_index:
+        out += (index,)
+    return out
+
+
+def key_token_set(cls_attn: Tensor, fraction: float = 0.08, mask: Tensor | None = None) -> Tensor:
+    """The key-token set: a ``(B, N)`` bool mask of the top ``ceil(fraction * n)`` tokens by CLS attention.
+
+    ``cls_attn``: ``(B, N)`` attention from the CLS query to each patch token (head-averaged,
+    last layer), CLS column excluded. ``n`` is each image's real-token count (``mask`` True;
+    all tokens if None); padding is never chosen.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"key fraction={fraction!r} must be in (0, 1]; fix: use e.g. 0.08 for the top 8%")
+    if cls_attn.dim() != 2:
+        raise ValueError(f"key_token_set: cls_attn must be (B, N), got shape {tuple(cls_attn.shape)}")
+    B, N = cls_attn.shape
+    if mask is None:
+        mask = torch.ones(B, N, dtype=torch.bool, device=cls_attn.device)
+    n_real = mask.sum(dim=1)
+    # ceil with a little slack so that e.g. 0.08 * 50 = 4.000000000000001 still gives 4.
+    k = torch.ceil(n_real.double() * fraction - 1e-9).long().clamp(min=1).minimum(n_real)
+    k_max = int(k.max()) if B else 0
+    key = torch.zeros(B, N, dtype=torch.bool, device=cls_attn.device)
+    if k_max == 0:
+        return key
+    scores = cls_attn.detach().masked_fill(~mask, -math.inf)
+    top = scores.topk(k_max, dim=1).indices
+    chosen = torch.arange(k_max, device=cls_attn.device) < k[:, None]
+    return key.scatter(1, top, chosen)

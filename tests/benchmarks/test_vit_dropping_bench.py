@@ -1,0 +1,37 @@
+"""Smoke test of the ViT token-dropping benchmark (issue 5) with ``--quick``.
+
+Checks that every figure is produced, finite and positive and printed -- never the bars:
+timings on a shared CI machine are no test.
+"""
+
+import math
+
+import pytest
+
+from litbrain.benchmarks.vit_dropping import BARS, main
+
+
+def test_quick_benchmark_prints_the_table(capsys):
+    result = main(["--quick", "--threads", "1"])
+    printed = capsys.readouterr().out
+    rows = {r["method"]: r for r in result["rows"]}
+    assert set(rows) == {"dense", "MustDrop stage 1", "ToMe"}
+    for r in rows.values():
+        assert math.isfinite(r["images_per_s"]) and r["images_per_s"] > 0
+        assert r["method"] in printed
+    # 36 px / patch 4 -> 9x9 = 81 patches; budget round(0.25 * 81) = 20; 3x3 windows remove 8 tokens
+    # each, so MustDrop merges ceil(61 / 8) = 8 windows -> 17 tokens, and ToMe runs at those 17.
+    assert rows["dense"]["kept_tokens"] == 81
+    assert rows["MustDrop stage 1"]["kept_tokens"] == rows["ToMe"]["kept_tokens"] == 17
+    c = result["config"]
+    assert (c["img_size"], c["grid"], c["window"], c["keep"]) == ((36, 36), (9, 9), 3, 20)
+    assert rows["dense"]["vs_dense"] == 1.0
+    assert set(result["bars"]) == set(BARS)
+    assert "images/s" in printed and "vs dense" in printed
+    assert "image 36x36 px" in printed and "grid 9x9" in printed and "window 3x3" in printed
+
+
+def test_grid_not_divisible_by_window_fails_clearly():
+    # 32 px / patch 4 -> an 8x8 grid: no silent fallback to 2x2 windows, the reducer's error surfaces.
+    with pytest.raises(ValueError, match="not divisible by window=3"):
+        main(["--quick", "--threads", "1", "--img-size", "32"])
