@@ -8,7 +8,7 @@ export TOKENIZERS_PARALLELISM := false
 # Tests and the demo run on CPU; keep BLAS from oversubscribing 2 cores.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo test test-fast bench clean-demo
+.PHONY: install demo seeg-demo test test-fast bench bench-seeg bench-vit bench-vlm clean-demo
 
 install: $(STAMP)
 
@@ -31,6 +31,19 @@ demo: $(STAMP)
 	$(BIN)/litbrain export --config configs/fmri/export_demo.yaml
 	@echo "release folder: runs/demo/release (load it with litbrain.hub.load_release)"
 
+# Du-IN's three stages on synthetic BIDS-iEEG, plus the no-pretraining baseline, then the table.
+seeg-demo: $(STAMP)
+	$(BIN)/litbrain synthesize-seeg --config configs/seeg/synthetic_demo.yaml
+	$(BIN)/litbrain prepare-seeg --config configs/seeg/prepare_demo.yaml
+	$(BIN)/litbrain fit --config configs/seeg/vqvae.yaml
+	$(BIN)/litbrain fit --config configs/seeg/mae.yaml
+	$(BIN)/litbrain fit --config configs/seeg/classify.yaml
+	$(BIN)/litbrain fit --config configs/seeg/scratch.yaml
+	$(BIN)/litbrain evaluate-seeg --config configs/seeg/evaluate_demo.yaml
+	$(BIN)/litbrain export --checkpoint runs/seeg_demo/classify/checkpoints/best.ckpt --out runs/seeg_demo/release \
+	  --metrics runs/seeg_demo/results/metrics.json --overwrite true
+	@echo "confusion matrices: runs/seeg_demo/results/confusion.png; release: runs/seeg_demo/release"
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not gpu" --durations=15
 
@@ -40,5 +53,14 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_fmri.py
 
+bench-seeg: $(STAMP)
+	$(BIN)/python scripts/bench_seeg.py
+
+bench-vit: $(STAMP)
+	$(BIN)/python scripts/bench_vit_dropping.py
+
+bench-vlm: $(STAMP)
+	$(BIN)/python scripts/bench_vlm_dropping.py
+
 clean-demo:
-	rm -rf $(DEMO) runs/demo
+	rm -rf $(DEMO) runs/demo data/seeg_demo runs/seeg_demo

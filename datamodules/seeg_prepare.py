@@ -365,6 +365,9 @@ def _process_run(run: _Run, plan: _Plan, root: Path, notch, l_freq, h_freq, resa
         freqs = freqs[freqs < sf / 2 - 1e-6]
         if freqs.size:
             raw.notch_filter(freqs, picks="all", verbose="error")
+    if h_freq is not None and h_freq >= sf / 2:
+        raise DataError(f"h_freq={h_freq:g} Hz is not below the Nyquist frequency ({sf / 2:g} Hz) of {run.rel} "
+                        f"(recorded at {sf:g} Hz); fix: set h_freq below {sf / 2:g}, or null to skip the low-pass")
     if l_freq is not None or h_freq is not None:
         raw.filter(l_freq, h_freq, picks="all", verbose="error")
     if resample is not None and float(resample) != sf:

@@ -23,8 +23,9 @@ TRAINING_VERBS = {
 # ---------------------------------------------------------------- function verbs
 def _function_verbs() -> dict[str, tuple[Callable[..., Any], str]]:
     # Imported lazily: `litbrain --help` should not pay for torch/lightning imports.
-    from litbrain import evaluation, hub, zero
+    from litbrain import evaluation, hub, seeg_evaluation, zero
     from litbrain.benchmarks import fmri as bench_fmri
+    from litbrain.benchmarks import seeg as bench_seeg
     from litbrain.datamodules import fmri_prepare, fmri_synthetic, seeg_prepare, seeg_synthetic, targets
 
     fns = {
@@ -35,11 +36,13 @@ def _function_verbs() -> dict[str, tuple[Callable[..., Any], str]]:
         "embed-images": targets.embed_images,
         "embed-captions": targets.embed_captions,
         "evaluate": evaluation.evaluate_decoder,
+        "evaluate-seeg": seeg_evaluation.evaluate_seeg_from_cli,
         "export": hub.export_from_cli,
         "consolidate": zero.consolidate_from_cli,
         "estimate-memory": zero.estimate_memory,
         "push": hub.push_from_cli,
         "bench": bench_fmri.bench_fmri,
+        "bench-seeg": bench_seeg.bench_seeg,
     }
     return {verb: (fn, FUNCTION_VERB_HELP[verb]) for verb, fn in fns.items()}
 
@@ -52,11 +55,13 @@ FUNCTION_VERB_HELP = {
     "embed-images": "image-embedding targets from a frozen open_clip/timm encoder",
     "embed-captions": "caption-embedding targets from a frozen open_clip/hf text encoder",
     "evaluate": "retrieval/identification of a decoder vs ridge, oracle and chance",
+    "evaluate-seeg": "sEEG word accuracy per subject: Du-IN vs no pretraining, logistic regression, oracle, chance",
     "export": "turn a checkpoint (.ckpt or ZeRO folder) into a release folder (safetensors + config.json + card)",
     "consolidate": "merge a DeepSpeed ZeRO-2/3 checkpoint folder into one fp32 .ckpt",
     "estimate-memory": "per-GPU memory of ZeRO-2/3 for a model and cluster shape (DeepSpeed's estimators)",
     "push": "upload a release folder to a Hugging Face Hub model repo",
     "bench": "fMRI benchmark: Lightning vs bare loop, loader vs step, RSS 1x vs 10x (configs/bench/fmri.yaml)",
+    "bench-seeg": "sEEG benchmark: reading vs training-step epochs/s, Du-IN encoder throughput (configs/bench/seeg.yaml)",
 }
 
 
@@ -72,10 +77,11 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from litbrain.datamodules import DataError
     from litbrain.hub import ReleaseError
     from litbrain.tasks import SubjectMismatchError
+    from litbrain.tasks.seeg_decoding import StageConfigError
     from litbrain.training_cli import HardwareError
     from litbrain.zero import DependencyError
 
-    return (DataError, ReleaseError, SubjectMismatchError, HardwareError, DependencyError)
+    return (DataError, ReleaseError, SubjectMismatchError, StageConfigError, HardwareError, DependencyError)
 
 
 def _fail(verb: str, err: BaseException) -> None:

@@ -108,10 +108,25 @@ def _decoder_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
 
 
-def _decoder_from_loaded(ckpt: dict[str, Any], source: Path) -> tuple[BrainDecoder, dict[str, Any]]:
-    """The BrainDecoder (eval mode) and its config from an already-loaded checkpoint dict."""
-    cfg = _decoder_config_from_hparams(ckpt.get("hyper_parameters", {}), source)
-    model = BrainDecoder(**cfg)
+def _release_class(cfg: dict[str, Any]) -> type:
+    """The module a release config describes: Du-IN configs carry their ``stage``."""
+    if "stage" in cfg:
+        from litbrain.nn.duin import DuinModel
+
+        return DuinModel
+    return BrainDecoder
+
+
+def _model_from_loaded(ckpt: dict[str, Any], source: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The trained module (eval mode) and its config from a loaded checkpoint: BrainDecoder or Du-IN."""
+    hp = ckpt.get("hyper_parameters", {})
+    if "stage" in hp:  # a Du-IN (sEEG) task records its stage
+        from litbrain.tasks.seeg_decoding import duin_config
+
+        cfg = duin_config(hp)
+    else:
+        cfg = _decoder_config_from_hparams(hp, source)
+    model = _release_class(cfg)(**cfg)
     try:
         model.load_state_dict(_decoder_state(ckpt), strict=True)
     except RuntimeError as err:
@@ -139,7 +154,7 @@ def decoder_from_checkpoint(path: str | Path) -> BrainDecoder:
             if ckpt != Path(path):
                 return decoder_from_checkpoint(ckpt)
     if not Path(path).is_dir():
-        return _decoder_from_loaded(load_checkpoint(path), Path(path))[0]
+        return _model_from_loaded(load_checkpoint(path), Path(path))[0]
     cfg = read_decoder_config(path)
     model = BrainDecoder(**cfg)
     try:
@@ -164,10 +179,11 @@ def check_release_folder(folder: str | Path) -> dict[str, Any]:
         raise ReleaseError(f"{folder}: release folder has no model.safetensors; fix: re-run `litbrain export`")
     fix = "fix: re-export the release from its checkpoint (`litbrain export`), or restore the original config.json"
     try:
+        cls = _release_class(cfg)
         with torch.device("meta"):
-            expected_model = BrainDecoder(**cfg)
+            expected_model = cls(**cfg)
     except (TypeError, ValueError, KeyError) as err:
-        raise ReleaseError(f"{folder}: config.json does not describe a BrainDecoder ({err}); {fix}") from None
+        raise ReleaseError(f"{folder}: config.json does not describe a {cls.__name__} ({err}); {fix}") from None
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -200,8 +216,8 @@ def load_release(
     revision: str | None = None,
     cache_dir: str | Path | None = None,
     token: str | None = None,
-) -> BrainDecoder:
-    """A release as a BrainDecoder in eval mode: a local folder, or a Hugging Face Hub repo id.
+) -> torch.nn.Module:
+    """A release in eval mode (a BrainDecoder, or a DuinModel for sEEG): a local folder or a Hub repo id.
 
     ``BrainDecoder.from_pretrained`` underneath; a repo id is fetched with huggingface_hub
     (or taken from its cache, e.g. with ``HF_HUB_OFFLINE=1``). Only config.json and
@@ -238,9 +254,9 @@ def load_release(
                 f"{name}: no local folder of that name and the Hub repo could not be fetched ({type(err).__name__}: "
                 f"{first[:200]}); fix: check the repo id and token, or go online (HF_HUB_OFFLINE=0) once to fill the cache"
             ) from None
-    check_release_folder(folder)
+    cfg = check_release_folder(folder)
     try:
-        model = BrainDecoder.from_pretrained(str(folder), strict=True)
+        model = _release_class(cfg).from_pretrained(str(folder), strict=True)
     except (RuntimeError, TypeError) as err:
         raise ReleaseError(
             f"{name}: config.json and model.safetensors do not match ({str(err).splitlines()[0]}); "
@@ -264,7 +280,50 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _seeg_card_body(config: dict[str, Any]) -> str:
+    subjects = ", ".join(f"{s} ({n} channels)" for s, n in config["subjects"].items())
+    return f"""# litbrain Du-IN sEEG model (stage: {config["stage"]})
+
+Du-IN on stereo-EEG epochs: a subject layer per montage, region-level temporal patch tokens
+(conv tokenizer) and a Transformer encoder, with this stage's head ({config["stage"]}: vqvae =
+codebook tokenizer, mae = masked code prediction, classify = {config.get("n_classes")}-way word classifier).
+
+- Subjects: {subjects}
+- Epoch: {config["n_times"]} samples in patches of {config.get("patch_len")}; d_model {config.get("d_model")}, {config.get("n_blocks")} blocks
+
+## Intended use
+Research on decoding speech from intracranial recordings. Inputs must be prepared with
+`litbrain prepare-seeg` (bipolar, filtered, region-selected, z-scored) like the training data.
+Not for clinical or any decision-making use about individuals.
+
+## Use
+```python
+from litbrain.hub import load_release
+model = load_release("path/or/repo-id")
+logits = model({{"{next(iter(config["subjects"]))}": epochs}})  # epochs: (batch, channels, samples) float tensor
+```
+"""
+
+
 def model_card(config: dict[str, Any], metrics: dict[str, Any] | None, training_config: str | None, license: str) -> ModelCard:
+    if "stage" in config:
+        data = ModelCardData(library_name="litbrain", license=license, tags=["brain-decoding", "seeg", "du-in", "litbrain"])
+        return ModelCard(f"""---
+{data.to_yaml()}
+---
+
+{_seeg_card_body(config)}
+## Evaluation
+{_metrics_table(metrics or {})}
+
+## Training config
+```yaml
+{(training_config or "(not recorded)").strip()}
+```
+
+## License
+{license}
+""")
     data = ModelCardData(library_name="litbrain", license=license, tags=["brain-decoding", "fmri", "litbrain"])
     subjects = ", ".join(f"{s} ({n} voxels)" for s, n in config["subjects"].items())
     content = f"""---
@@ -331,7 +390,7 @@ def export_release(
             f"checkpoint folder a deepspeed_stage_* fit wrote"
         )
     ckpt = load_checkpoint(checkpoint)  # read once: config, weights and hyper-parameters
-    model, config = _decoder_from_loaded(ckpt, Path(checkpoint))
+    model, config = _model_from_loaded(ckpt, Path(checkpoint))
     if training_config is None:
         hp = ckpt.get("hyper_parameters", {})
         training_config = yaml.safe_dump({"model": {k: v for k, v in hp.items() if not k.startswith("_")}}, sort_keys=False)
@@ -376,7 +435,7 @@ def export_from_cli(
         if not mpath.is_file():
             raise ReleaseError(f"{mpath}: no such metrics file; fix: run `litbrain evaluate` first or drop --metrics")
         full = json.loads(mpath.read_text())
-        m = {k: full[k] for k in ("split", "subjects", "pool", "draws", "rows", "decoder_over_oracle") if k in full}
+        m = {k: full[k] for k in ("split", "subjects", "pool", "draws", "rows", "decoder_over_oracle", "n_classes", "duin_over_oracle", "codebook") if k in full}
     cfg_text = Path(training_config).read_text() if training_config else None
     return str(export_release(checkpoint, out, m, cfg_text, license, overwrite))
 

@@ -76,3 +76,8 @@ def test_nan_segment(bids, tmp_path):
     x.flush()
     del x
     _fails(bids, tmp_path, r"run-1_ieeg\.vhdr: 20 NaN/inf sample\(s\) \(first in channel A1, 2\.000-2\.076 s\).*fix:")
+
+
+def test_low_pass_above_nyquist_is_named(bids, tmp_path):
+    _fails(bids, tmp_path, r"h_freq=200 Hz is not below the Nyquist frequency \(125 Hz\).*fix: set h_freq below 125",
+           h_freq=200.0)

@@ -20,7 +20,7 @@ def test_kmeans_finds_well_separated_clusters():
 
 
 def test_quantizer_returns_nearest_code_and_straight_through_gradient():
-    vq = VectorQuantizer(n_codes=16, dim=4, kmeans_init=False).eval()
+    vq = VectorQuantizer(n_codes=16, dim=4, kmeans_init=False, normalize=False).eval()
     z = torch.randn(3, 5, 4, requires_grad=True)
     q, idx, loss = vq(z)
     expected = torch.cdist(z.detach().reshape(-1, 4), vq.codebook).argmin(1).reshape(3, 5)
@@ -33,7 +33,7 @@ def test_quantizer_returns_nearest_code_and_straight_through_gradient():
 
 def test_kmeans_init_then_ema_moves_codes_to_the_data():
     x, centers = _clusters(k=8)
-    vq = VectorQuantizer(n_codes=8, dim=4, decay=0.9, dead_after=0).train()
+    vq = VectorQuantizer(n_codes=8, dim=4, decay=0.9, dead_after=0, normalize=False).train()
     assert not bool(vq.initialised)
     for _ in range(30):
         vq(x[torch.randperm(len(x))])
@@ -48,7 +48,7 @@ def test_kmeans_init_then_ema_moves_codes_to_the_data():
 
 def test_dead_codes_are_restarted_on_encoder_outputs():
     x, _ = _clusters(k=4)
-    vq = VectorQuantizer(n_codes=32, dim=4, decay=0.5, kmeans_init=False, dead_after=3, dead_threshold=0.5).train()
+    vq = VectorQuantizer(n_codes=32, dim=4, decay=0.5, kmeans_init=False, dead_after=3, normalize=False).train()
     vq.codebook.mul_(0).add_(100.0)  # every code far away: all but one would stay dead forever
     vq.ema_sum.copy_(vq.codebook)
     for _ in range(40):
@@ -64,3 +64,13 @@ def test_bad_arguments_are_named():
         VectorQuantizer(decay=1.0)
     with pytest.raises(ValueError, match="last dim"):
         VectorQuantizer(n_codes=4, dim=3)(torch.randn(2, 5))
+
+
+def test_normalised_codes_match_by_cosine_and_stay_on_the_unit_sphere():
+    vq = VectorQuantizer(n_codes=16, dim=4).train()
+    z = torch.randn(64, 4) * 5
+    for _ in range(5):
+        vq(z)
+    assert torch.allclose(vq.codebook.norm(dim=1), torch.ones(16), atol=1e-5)
+    idx = vq.eval().indices(z * 3.0)  # scale does not change a cosine match
+    assert torch.equal(idx, (torch.nn.functional.normalize(z, dim=1) @ vq.codebook.t()).argmax(1))

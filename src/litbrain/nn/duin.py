@@ -35,6 +35,13 @@ Stage = Literal["vqvae", "mae", "classify"]
 STAGES: tuple[str, ...] = ("vqvae", "mae", "classify")
 
 
+def _transformer(d_model: int, n_heads: int, d_ff: int | None, dropout: float, n_blocks: int) -> nn.TransformerEncoder:
+    """Pre-norm GELU Transformer encoder (Du-IN: d_ff = 2 * d_model)."""
+    layer = nn.TransformerEncoderLayer(d_model, n_heads, d_ff or 2 * d_model, dropout, activation="gelu",
+                                       batch_first=True, norm_first=True)
+    return nn.TransformerEncoder(layer, n_blocks, enable_nested_tensor=False)
+
+
 class PatchTokenizer(nn.Module):
     """Du-IN's temporal conv tokenizer: each patch (``patch_len`` x ``in_channels``) -> one token.
 
@@ -111,10 +118,7 @@ class DuinEncoder(nn.Module):
         self.pos = nn.Parameter(torch.zeros(1, self.n_patches, d_model))
         nn.init.trunc_normal_(self.pos, std=0.02)
         self.mask_token = nn.Parameter(torch.zeros(d_model))
-        layer = nn.TransformerEncoderLayer(
-            d_model, n_heads, d_ff or 2 * d_model, dropout, activation="gelu", batch_first=True, norm_first=True
-        )
-        self.blocks = nn.TransformerEncoder(layer, n_blocks, enable_nested_tensor=False)
+        self.blocks = _transformer(d_model, n_heads, d_ff, dropout, n_blocks)
         self.norm = nn.LayerNorm(d_model)
 
     def subject_signals(self, brain: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -178,9 +182,7 @@ class DuinModel(
             self.from_code = nn.Linear(code_dim, d_model)
             self.dec_pos = nn.Parameter(torch.zeros(1, p, d_model))
             nn.init.trunc_normal_(self.dec_pos, std=0.02)
-            layer = nn.TransformerEncoderLayer(d_model, n_heads, d_ff or 2 * d_model, dropout, activation="gelu",
-                                               batch_first=True, norm_first=True)
-            self.decoder = nn.TransformerEncoder(layer, decoder_blocks, enable_nested_tensor=False)
+            self.decoder = _transformer(d_model, n_heads, d_ff, dropout, decoder_blocks)
             self.dec_norm = nn.LayerNorm(d_model)
             self.to_signal = nn.Linear(d_model, patch_len * d_subject)
             # Back from the d_subject virtual channels to each subject's own channels.

@@ -61,9 +61,10 @@ class VectorQuantizer(nn.Module):
         commitment: weight of ``||z - sg(q)||^2`` in the returned loss.
         kmeans_init: initialise the codebook by k-means on the first training batch.
         kmeans_iters: Lloyd iterations of that initialisation.
-        dead_after: restart a code whose EMA usage falls below ``dead_threshold`` for this many
+        dead_after: restart a code that no vector was assigned to for this many consecutive
             training steps (0 disables restarts).
-        dead_threshold: EMA assignment count under which a code counts as unused.
+        normalize: l2-normalise inputs and codes, i.e. match by cosine similarity (LaBraM's and
+            Du-IN's normalised EMA quantiser); keeps codes on one scale, so fewer die.
         eps: Laplace smoothing of the EMA cluster sizes.
     """
 
@@ -75,8 +76,8 @@ class VectorQuantizer(nn.Module):
         commitment: float = 0.25,
         kmeans_init: bool = True,
         kmeans_iters: int = 10,
-        dead_after: int = 50,
-        dead_threshold: float = 1e-2,
+        dead_after: int = 20,
+        normalize: bool = True,
         eps: float = 1e-5,
     ) -> None:
         super().__init__()
@@ -85,8 +86,9 @@ class VectorQuantizer(nn.Module):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"VectorQuantizer decay={decay}; fix: a value in (0, 1), e.g. 0.99")
         self.n_codes, self.dim, self.decay, self.commitment = n_codes, dim, decay, commitment
-        self.kmeans_iters, self.dead_after, self.dead_threshold, self.eps = kmeans_iters, dead_after, dead_threshold, eps
-        self.register_buffer("codebook", torch.randn(n_codes, dim) * dim ** -0.5)
+        self.kmeans_iters, self.dead_after, self.normalize, self.eps = kmeans_iters, dead_after, normalize, eps
+        init = torch.randn(n_codes, dim)
+        self.register_buffer("codebook", F.normalize(init, dim=1) if normalize else init * dim ** -0.5)
         self.register_buffer("ema_size", torch.ones(n_codes))
         self.register_buffer("ema_sum", self.codebook.clone())
         self.register_buffer("initialised", torch.tensor(not kmeans_init))
@@ -97,7 +99,7 @@ class VectorQuantizer(nn.Module):
     # ------------------------------------------------------------------ codebook maintenance
     @torch.no_grad()
     def _init_codebook(self, flat: torch.Tensor) -> None:
-        centers = kmeans(flat.float(), self.n_codes, self.kmeans_iters)
+        centers = self._norm(kmeans(flat.float(), self.n_codes, self.kmeans_iters))
         if dist.is_available() and dist.is_initialized():
             dist.broadcast(centers, 0)
         self.codebook.copy_(centers)
@@ -115,10 +117,10 @@ class VectorQuantizer(nn.Module):
         self.ema_sum.mul_(self.decay).add_(onehot_sum, alpha=1 - self.decay)
         n = self.ema_size.sum()
         size = (self.ema_size + self.eps) / (n + self.n_codes * self.eps) * n  # Laplace smoothing
-        self.codebook.copy_(self.ema_sum / size[:, None])
+        self.codebook.copy_(self._norm(self.ema_sum / size[:, None]))
         if self.dead_after > 0:
             self.idle_steps.add_(1).masked_fill_(counts > 0, 0)
-            dead = (self.idle_steps >= self.dead_after) & (self.ema_size < self.dead_threshold)
+            dead = self.idle_steps >= self.dead_after
             n_dead = int(dead.sum())
             if n_dead:
                 # Restart on random encoder outputs of this batch (the same on every rank).
@@ -133,10 +135,13 @@ class VectorQuantizer(nn.Module):
                 self.ema_size[dead] = 1.0
                 self.idle_steps[dead] = 0
 
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1) if self.normalize else x
+
     # ------------------------------------------------------------------ API
     def indices(self, z: torch.Tensor) -> torch.Tensor:
         """Index of the nearest code for each vector of ``z`` (..., dim) -> (...)."""
-        flat = z.reshape(-1, self.dim).float()
+        flat = self._norm(z.reshape(-1, self.dim).float())
         d = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.codebook.t() + self.codebook.pow(2).sum(1)[None]
         return d.argmin(1).reshape(z.shape[:-1])
 
@@ -144,6 +149,7 @@ class VectorQuantizer(nn.Module):
         """Quantise ``z`` (..., dim): returns (straight-through quantised z, code indices, commitment loss)."""
         if z.shape[-1] != self.dim:
             raise ValueError(f"VectorQuantizer: input last dim {z.shape[-1]} != code dim {self.dim}")
+        z = self._norm(z)
         flat = z.reshape(-1, self.dim)
         if self.training and not bool(self.initialised):
             self._init_codebook(flat.detach())

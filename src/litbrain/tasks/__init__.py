@@ -1,5 +1,6 @@
 """LightningModules, one file per task family."""
 
 from litbrain.tasks.fmri_decoding import FmriDecodingTask, SubjectMismatchError
+from litbrain.tasks.seeg_decoding import SeegDecodingTask
 
-__all__ = ["FmriDecodingTask", "SubjectMismatchError"]
+__all__ = ["FmriDecodingTask", "SeegDecodingTask", "SubjectMismatchError"]

@@ -1,0 +1,158 @@
+"""The sEEG benchmark of issue 3: input pipeline vs training step, and Du-IN encoder throughput.
+
+Measured side by side in one run, on a synthetic BIDS-iEEG set at Du-IN's rate (1 kHz, 3 s
+epochs, 10 bipolar channels per subject), with the network at Du-IN's sizes (subject layer 16,
+conv tokenizer 128/128/16 over 100 ms patches, d_model 160, 8 blocks, 8 heads):
+
+* **reading**: epochs/s of iterating ``SeegDataModule.train_dataloader()`` over the prepared
+  (memory-mapped, float16) shards -- what every training epoch pays;
+* **preprocessing**: epochs/s of ``prepare_seeg`` itself (read BrainVision through mne-bids,
+  bipolar, notch + band-pass, epoching, z-scoring, shards) -- paid once per dataset;
+* **training step**: epochs/s of a stage-3 step (forward, cross entropy, backward, AdamW) on
+  batches from the same loader;
+* **encoder**: epochs/s of the encoder forward alone (inference mode).
+
+Reading and the training step alternate over ``repetitions`` and the medians are compared.
+Bar: reading / training step >= 10 (the loader never starves the model).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["bench_seeg", "BARS"]
+
+BARS: dict[str, tuple[str, float]] = {"reading_over_step": (">=", 10.0)}
+
+
+def _log(verbose: bool, msg: str) -> None:
+    if verbose:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def bench_seeg(
+    work_dir: str = "runs/bench/seeg",
+    output: str | None = "runs/bench/seeg/results.json",
+    num_threads: int = 1,
+    n_subjects: int = 3,
+    n_words: int = 61,
+    trials_per_word: int = 4,
+    sfreq: float = 1000.0,
+    batch_size: int = 63,
+    steps: int = 6,
+    repetitions: int = 3,
+    d_model: int = 160,
+    n_blocks: int = 8,
+    n_heads: int = 8,
+    seed: int = 0,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Measure reading, preprocessing, training-step and encoder throughput; print the table.
+
+    Args:
+        work_dir: where the synthetic BIDS set (cached) and the prepared shards go.
+        output: JSON file for the results (None: do not write).
+        num_threads: torch threads of the measured loops.
+        n_subjects / n_words / trials_per_word / sfreq: the synthetic set (Du-IN: 1 kHz, 61 words).
+        batch_size: epochs per training batch (equal share per subject).
+        steps: timed training steps per repetition (after one warm-up step).
+        repetitions: interleaved reading / step repetitions; medians are reported.
+        d_model / n_blocks / n_heads: the Transformer (Du-IN: 160, 8, 8).
+        seed: data and model seed.
+        verbose: progress on stderr.
+    """
+    import torch
+
+    from litbrain.datamodules import SeegDataModule, prepare_seeg, synthesize_seeg
+    from litbrain.nn.duin import DuinModel
+
+    torch.set_num_threads(num_threads)
+    torch.manual_seed(seed)
+    work = Path(work_dir)
+    _log(verbose, f"synthesising (cached) in {work / 'bids'} ...")
+    bids = synthesize_seeg(work / "bids", n_subjects=n_subjects, n_channels=[12 + 3 * i for i in range(n_subjects)],
+                           n_words=n_words, trials_per_word=trials_per_word, runs=2, sfreq=sfreq, oracle_trials=2,
+                           seed=seed)
+    prepared = work / "prepared"
+    shutil.rmtree(prepared, ignore_errors=True)
+    _log(verbose, "preparing (timed) ...")
+    t0 = time.perf_counter()
+    prepare_seeg(bids, prepared, tmin=0.0, tmax=3.0, h_freq=min(200.0, 0.4 * sfreq), seed=seed)
+    prep_s = time.perf_counter() - t0
+    dm = SeegDataModule(str(prepared), batch_size=batch_size, seed=seed)
+    n_epochs_total = sum(dm.n_rows("train").values()) + sum(dm.n_rows("val").values()) + sum(dm.n_rows("test").values())
+
+    model = DuinModel("classify", dm.subject_channels, n_times=dm.n_times, patch_len=int(round(0.1 * dm.sfreq)),
+                      d_model=d_model, n_blocks=n_blocks, n_heads=n_heads, n_classes=dm.n_labels)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batches = list(dm.train_dataloader())[: steps + 1]
+
+    def reading() -> float:
+        t, n = time.perf_counter(), 0
+        for b in dm.train_dataloader():
+            n += int(b["subject"].shape[0])
+        return n / (time.perf_counter() - t)
+
+    def training() -> float:
+        model.train()
+        for i, b in enumerate(batches):
+            if i == 1:
+                t, n = time.perf_counter(), 0
+            loss = torch.nn.functional.cross_entropy(model(b["brain"]), b["label"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if i >= 1:
+                n += int(b["subject"].shape[0])
+        return n / (time.perf_counter() - t)
+
+    @torch.inference_mode()
+    def encoder() -> float:
+        model.eval()
+        model.encoder(batches[0]["brain"])
+        t, n = time.perf_counter(), 0
+        for b in batches[1:]:
+            model.encoder(b["brain"])
+            n += int(b["subject"].shape[0])
+        return n / (time.perf_counter() - t)
+
+    read, step, enc = [], [], []
+    for r in range(repetitions):
+        read.append(reading())
+        step.append(training())
+        enc.append(encoder())
+        _log(verbose, f"rep {r + 1}/{repetitions}: reading {read[-1]:.0f}/s, step {step[-1]:.1f}/s, encoder {enc[-1]:.1f}/s")
+    med = {k: statistics.median(v) for k, v in (("reading", read), ("step", step), ("encoder", enc))}
+    rows = [
+        {"figure": "reading (DataModule over prepared shards)", "epochs_per_s": med["reading"]},
+        {"figure": "preprocessing (prepare_seeg from BIDS, once)", "epochs_per_s": n_epochs_total / prep_s},
+        {"figure": "training step (stage 3, fwd+bwd+AdamW)", "epochs_per_s": med["step"]},
+        {"figure": "encoder forward (inference)", "epochs_per_s": med["encoder"]},
+    ]
+    ratios = {"reading_over_step": med["reading"] / med["step"], "preprocessing_over_step": rows[1]["epochs_per_s"] / med["step"]}
+    n_params = sum(p.numel() for p in model.encoder.parameters())
+    header = (f"sEEG benchmark, CPU, {num_threads} thread(s): {n_subjects} subjects x {n_words} words x {trials_per_word} "
+              f"trials at {dm.sfreq:.0f} Hz, epochs {dm.n_times} samples; Du-IN encoder {n_params / 1e6:.2f} M params "
+              f"(patch {model.encoder.patch_len}, d_model {d_model}, {n_blocks} blocks, {n_heads} heads), batch {batch_size}; "
+              f"median of {repetitions} interleaved reps")
+    lines = [header, f"{'figure':<48}{'epochs/s':>12}", "-" * 60]
+    lines += [f"{r['figure']:<48}{r['epochs_per_s']:>12.1f}" for r in rows]
+    lines.append(f"reading / training step = {ratios['reading_over_step']:.1f}x (bar >= {BARS['reading_over_step'][1]:g}x: "
+                 f"{'PASS' if ratios['reading_over_step'] >= BARS['reading_over_step'][1] else 'FAIL'})")
+    lines.append(f"preprocessing / training step = {ratios['preprocessing_over_step']:.1f}x (one-time cost, no bar)")
+    print("\n".join(lines))
+    result = {"rows": rows, "ratios": ratios, "header": header, "reps": {"reading": read, "step": step, "encoder": enc}}
+    if output:
+        out = Path(output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        os.replace(tmp, out)
+    return result

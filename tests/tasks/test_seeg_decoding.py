@@ -1,0 +1,132 @@
+"""Du-IN's three stages through the CLI on the tiny synthetic BIDS-iEEG set: chaining, refusals, evaluation, release."""
+
+import json
+
+import lightning.pytorch  # noqa: F401  (imported outside capsys: it binds logging handlers to sys.stderr)
+import numpy as np
+import pytest
+import torch
+
+from litbrain.cli import main
+from litbrain.hub import export_release, load_checkpoint, load_release
+from litbrain.nn import DuinModel
+from litbrain.seeg_evaluation import evaluate_seeg, format_seeg_table, load_duin
+from litbrain.tasks import SeegDecodingTask
+
+from tests.tasks._seeg_fit import seeg_fit_args
+
+
+@pytest.fixture(scope="module")
+def chain(tiny_seeg_prepared, tmp_path_factory):
+    """vqvae -> mae (tokenizer_from) -> classify (init_from), plus a classifier without pretraining."""
+    root = tmp_path_factory.mktemp("seeg_chain")
+    main(seeg_fit_args("vqvae", tiny_seeg_prepared, root / "vqvae"))
+    vq = root / "vqvae" / "checkpoints" / "last.ckpt"
+    main(seeg_fit_args("mae", tiny_seeg_prepared, root / "mae", "--model.init_args.tokenizer_from", str(vq), tiny=False))
+    mae = root / "mae" / "checkpoints" / "last.ckpt"
+    main(seeg_fit_args("classify", tiny_seeg_prepared, root / "classify", "--model.init_args.init_from", str(mae),
+                       tiny=False))
+    main(seeg_fit_args("scratch", tiny_seeg_prepared, root / "scratch"))
+    return {"root": root, "vqvae": vq, "mae": mae, "classify": root / "classify" / "checkpoints" / "best.ckpt",
+            "scratch": root / "scratch" / "checkpoints" / "best.ckpt"}
+
+
+def test_each_stage_records_its_stage_and_later_stages_reuse_the_encoder_sizes(chain, tiny_seeg_prepared):
+    manifest = json.loads((tiny_seeg_prepared / "manifest.json").read_text())
+    channels = {s: v["n_channels"] for s, v in manifest["subjects"].items()}
+    hps = {k: load_checkpoint(chain[k])["hyper_parameters"] for k in ("vqvae", "mae", "classify")}
+    assert [hps[k]["stage"] for k in hps] == ["vqvae", "mae", "classify"]
+    for k in ("mae", "classify"):  # the stage configs do not repeat the sizes: they come from the chain
+        assert hps[k]["d_model"] == hps["vqvae"]["d_model"] == 32
+        assert hps[k]["subject_channels"] == channels
+    assert hps["classify"]["n_classes"] == len(manifest["labels"])
+
+
+def test_stage_two_targets_come_from_the_frozen_stage_one_tokenizer(chain):
+    vq = load_checkpoint(chain["vqvae"])["state_dict"]
+    mae = load_checkpoint(chain["mae"])["state_dict"]
+    tok = {k[len("tokenizer."):]: v for k, v in mae.items() if k.startswith("tokenizer.")}
+    assert tok and all(torch.equal(tok[k], vq["model." + k]) for k in tok)  # untouched by stage-2 training
+
+
+def test_stage_three_starts_from_the_stage_two_encoder(chain):
+    task = SeegDecodingTask(stage="classify", init_from=str(chain["mae"]), n_classes=6)
+    task.setup("fit")
+    task.configure_model()
+    mae = load_checkpoint(chain["mae"])["state_dict"]
+    enc = {k: v for k, v in task.model.state_dict().items() if k.startswith("encoder.")}
+    assert enc and all(torch.equal(v, mae["model." + k]) for k, v in enc.items())
+    scratch = SeegDecodingTask(stage="classify", **{k: load_checkpoint(chain["scratch"])["hyper_parameters"][k]
+                                                     for k in ("subject_channels", "n_times", "n_classes", "patch_len",
+                                                               "filters", "kernels", "strides", "d_model", "n_blocks",
+                                                               "n_heads")})
+    scratch.configure_model()
+    assert not torch.equal(scratch.model.encoder.pos, task.model.encoder.pos)
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    return err[0]
+
+
+@pytest.mark.parametrize("config,key,wrong,needed", [
+    ("mae", "tokenizer_from", "classify", "vqvae"),
+    ("mae", "tokenizer_from", "mae", "vqvae"),
+    ("classify", "init_from", "vqvae", "mae"),
+])
+def test_a_checkpoint_of_the_wrong_stage_is_one_clear_error(chain, tiny_seeg_prepared, tmp_path, capsys,
+                                                             config, key, wrong, needed):
+    with pytest.raises(SystemExit) as exc:
+        main(seeg_fit_args(config, tiny_seeg_prepared, tmp_path, f"--model.init_args.{key}", str(chain[wrong]),
+                           tiny=False))
+    assert exc.value.code == 2
+    line = _one_error_line(capsys)
+    assert f"model.{key}" in line and f"stage-'{wrong}'" in line and f"needs a stage-'{needed}'" in line
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_stage_two_without_a_tokenizer_is_one_clear_error(tiny_seeg_prepared, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(seeg_fit_args("mae", tiny_seeg_prepared, tmp_path, "--model.init_args.tokenizer_from", "null"))
+    assert "model.tokenizer_from is empty" in _one_error_line(capsys)
+
+
+def test_evaluate_writes_the_per_subject_table_confusion_figure_and_codebook_usage(chain, tiny_seeg_prepared, tmp_path):
+    m = evaluate_seeg(chain["classify"], tiny_seeg_prepared, tmp_path, no_pretraining=chain["scratch"],
+                      tokenizer=chain["vqvae"], decimate=5)
+    assert [r["method"] for r in m["rows"]] == ["du-in", "no pretraining", "logistic regression", "oracle", "chance"]
+    assert m["subjects"] == ["sub-01", "sub-02", "sub-03"]
+    # the model's top-1 recomputed by hand from its logits
+    model = load_duin(chain["classify"], "classify")
+    x = torch.from_numpy(np.load(tiny_seeg_prepared / "sub-02" / "test_brain.npy").astype(np.float32))
+    y = np.load(tiny_seeg_prepared / "sub-02" / "test_label.npy")
+    with torch.no_grad():
+        acc = float((model({"sub-02": x}).argmax(1).numpy() == y).mean())
+    assert m["per_subject"]["sub-02"]["du-in"]["top1"] == pytest.approx(acc)
+    assert m["per_subject"]["sub-02"]["du-in"]["top5"] >= acc
+    assert m["rows"][-1]["top1"] == pytest.approx(1 / 6)
+    assert 0 < m["codebook"]["usage"] <= 1 and m["codebook"]["n_codes"] == 64
+    assert (tmp_path / "confusion.png").stat().st_size > 1000
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert [r["method"] for r in saved["rows"]] == [r["method"] for r in m["rows"]]
+    assert saved["rows"][0]["top1"] == m["rows"][0]["top1"]
+    table = format_seeg_table(m)
+    assert "logistic regression" in table and "codebook usage" in table
+
+
+def test_evaluate_refuses_a_checkpoint_that_is_not_a_classifier(chain, tiny_seeg_prepared, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate-seeg", "--checkpoint", str(chain["mae"]), "--data_dir", str(tiny_seeg_prepared),
+              "--out_dir", str(tmp_path)])
+    assert "needs a stage-'classify'" in _one_error_line(capsys)
+
+
+def test_a_classifier_exports_and_reloads_bit_exactly(chain, tmp_path):
+    out = export_release(chain["classify"], tmp_path / "release")
+    model = load_release(out)
+    assert isinstance(model, DuinModel) and model.stage == "classify"
+    ref = load_duin(chain["classify"], "classify")
+    x = {"sub-01": torch.randn(4, ref.subjects["sub-01"], 250)}
+    assert torch.equal(model(x), ref(x))
+    assert "Du-IN sEEG model" in (out / "README.md").read_text()
