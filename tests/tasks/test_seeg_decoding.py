@@ -22,7 +22,8 @@ def chain(tiny_seeg_prepared, tmp_path_factory):
     root = tmp_path_factory.mktemp("seeg_chain")
     main(seeg_fit_args("vqvae", tiny_seeg_prepared, root / "vqvae"))
     vq = root / "vqvae" / "checkpoints" / "last.ckpt"
-    main(seeg_fit_args("mae", tiny_seeg_prepared, root / "mae", "--model.init_args.tokenizer_from", str(vq), tiny=False))
+    main(seeg_fit_args("mae", tiny_seeg_prepared, root / "mae", "--model.init_args.tokenizer_from", str(vq),
+                       "--model.init_args.init_from", str(vq), tiny=False))
     mae = root / "mae" / "checkpoints" / "last.ckpt"
     main(seeg_fit_args("classify", tiny_seeg_prepared, root / "classify", "--model.init_args.init_from", str(mae),
                        tiny=False))
@@ -77,9 +78,12 @@ def _one_error_line(capsys) -> str:
 ])
 def test_a_checkpoint_of_the_wrong_stage_is_one_clear_error(chain, tiny_seeg_prepared, tmp_path, capsys,
                                                              config, key, wrong, needed):
+    # stage 2 names two checkpoints: the other key gets a valid one
+    other = {"tokenizer_from": "init_from", "init_from": "tokenizer_from"}[key] if config == "mae" else None
+    fix_other = [f"--model.init_args.{other}", str(chain["vqvae"])] if other else []
     with pytest.raises(SystemExit) as exc:
         main(seeg_fit_args(config, tiny_seeg_prepared, tmp_path, f"--model.init_args.{key}", str(chain[wrong]),
-                           tiny=False))
+                           *fix_other, tiny=False))
     assert exc.value.code == 2
     line = _one_error_line(capsys)
     assert f"model.{key}" in line and f"stage-'{wrong}'" in line and f"needs a stage-'{needed}'" in line

@@ -1,0 +1,77 @@
+"""Du-IN learns the synthetic words: stage-3 accuracy vs the generator's Bayes oracle, and a live codebook.
+
+One small synthetic BIDS-iEEG set (3 subjects, different montages, 20 words), prepared like the
+demo; the three stages chained through the CLI at a CPU-test size.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from litbrain.cli import main
+from litbrain.datamodules import prepare_seeg, synthesize_seeg
+from litbrain.seeg_evaluation import codebook_usage, load_duin
+
+from tests.tasks._seeg_fit import seeg_fit_args
+
+pytestmark = pytest.mark.slow
+
+SMALL_SEEG = dict(n_subjects=3, n_channels=[10, 11, 12], region_channels=[6, 7, 8], n_words=20, trials_per_word=20,
+                  runs=2, sfreq=250.0, epoch_s=1.5, snr=0.6, oracle_trials=20, seed=1)
+SMALL_MODEL = ["--model.init_args.d_model", "48", "--model.init_args.n_blocks", "2", "--model.init_args.n_heads", "4",
+               "--model.init_args.filters", "[32,32,16]", "--model.init_args.kernels", "[9,3,3]",
+               "--model.init_args.strides", "[5,1,1]", "--model.init_args.n_codes", "256",
+               "--model.init_args.code_dim", "32", "--model.init_args.decoder_blocks", "1"]
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seeg_learning")
+    bids = synthesize_seeg(root / "bids", **SMALL_SEEG)
+    prepared = prepare_seeg(bids, root / "prepared", l_freq=3.0, h_freq=30.0, tmin=0.0, tmax=1.5)
+    return root, bids, prepared
+
+
+def _fit(config, prepared, run, *extra, epochs):
+    main(seeg_fit_args(config, prepared, run, "--data.init_args.batch_size", "60", *extra, epochs=epochs, tiny=False))
+
+
+def _test_top1(ckpt, prepared) -> dict[str, float]:
+    model = load_duin(ckpt, "classify")
+    out = {}
+    for s in model.subjects:
+        x = torch.from_numpy(np.load(prepared / s / "test_brain.npy").astype(np.float32))
+        y = np.load(prepared / s / "test_label.npy")
+        with torch.no_grad():
+            out[s] = float((model({s: x}).argmax(1).numpy() == y).mean())
+    return out
+
+
+@pytest.fixture(scope="module")
+def pretrained(small):
+    root, _, prepared = small
+    _fit("vqvae", prepared, root / "vqvae", *SMALL_MODEL, epochs=6)
+    vq = root / "vqvae" / "checkpoints" / "last.ckpt"
+    _fit("mae", prepared, root / "mae", "--model.init_args.tokenizer_from", str(vq), "--model.init_args.init_from",
+         str(vq), epochs=6)
+    return vq, root / "mae" / "checkpoints" / "last.ckpt"
+
+
+def test_codebook_stays_alive_after_stage_one(small, pretrained):
+    root, _, prepared = small
+    usage = codebook_usage(load_duin(pretrained[0], "vqvae"), prepared, ["sub-01", "sub-02", "sub-03"])
+    print(f"\ncodebook usage after stage 1: {usage}")
+    assert usage["usage"] > 0.5
+
+
+def test_stage_three_reaches_90_percent_of_the_oracle(small, pretrained):
+    root, bids, prepared = small
+    _fit("classify", prepared, root / "cls", "--model.init_args.init_from", str(pretrained[1]), epochs=20)
+    top1 = _test_top1(root / "cls" / "checkpoints" / "best.ckpt", prepared)
+    truth = json.loads((bids / "truth.json").read_text())
+    oracle = {s: truth["subjects"][s]["oracle_accuracy"] for s in top1}
+    ratio = np.mean(list(top1.values())) / np.mean(list(oracle.values()))
+    print(f"\nDu-IN top-1 {top1}, oracle {oracle}, ratio {ratio:.3f}")
+    assert ratio >= 0.9
