@@ -20,9 +20,16 @@ from .targets import FrozenImageEncoder, FrozenTextEncoder, embed_captions, embe
 if TYPE_CHECKING:  # pragma: no cover
     from .fmri import FmriDataModule, MultiSubjectBatchSampler, read_manifest
     from .seeg import SeegDataModule, read_seeg_manifest
+    from .vqa import VqaDataModule
+    from .vqa_synthetic import WordTokenizer, make_item, render_scene, vqa_chance_accuracy
 
-_LAZY = {"FmriDataModule", "MultiSubjectBatchSampler", "read_manifest"}
-_LAZY_SEEG = {"SeegDataModule", "read_seeg_manifest"}
+# name -> submodule, imported on first access
+_LAZY = {
+    "FmriDataModule": "fmri", "MultiSubjectBatchSampler": "fmri", "read_manifest": "fmri",
+    "SeegDataModule": "seeg", "read_seeg_manifest": "seeg",
+    "VqaDataModule": "vqa", "WordTokenizer": "vqa_synthetic", "make_item": "vqa_synthetic",
+    "render_scene": "vqa_synthetic", "vqa_chance_accuracy": "vqa_synthetic",
+}
 
 __all__ = [
     "DataError",
@@ -49,20 +56,22 @@ __all__ = [
     "load_seeg_truth",
     "seeg_oracle_accuracy",
     "seeg_word_labels",
+    "VqaDataModule",
+    "WordTokenizer",
+    "make_item",
+    "render_scene",
+    "vqa_chance_accuracy",
 ]
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from . import fmri
+        import importlib
 
-        return getattr(fmri, name)
-    if name in _LAZY_SEEG:
-        from . import seeg
-
-        return getattr(seeg, name)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | _LAZY | _LAZY_SEEG)
+    return sorted(set(globals()) | set(_LAZY))
+

@@ -242,6 +242,4 @@ def evaluate_seeg_from_cli(
         seed: seed of the logistic regression.
     """
     m = _evaluate(checkpoint, data_dir, out_dir, no_pretraining, tokenizer, split, logistic, decimate, seed)
-    table = format_seeg_table(m)
-    print(table)
-    return table
+    return format_seeg_table(m)  # the CLI prints it

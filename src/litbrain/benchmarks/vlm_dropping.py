@@ -1,0 +1,246 @@
+"""Vision-token dropping benchmark (issue 5): tokens kept, FLOPs and accuracy per method, on CPU.
+
+One run, side by side on the same machine:
+
+1. Train a tiny LLaVA-style VLM (:class:`~litbrain.tasks.vlm.VisionLanguageTask`, Lightning) on
+   the synthetic VQA world densely, and a second one with MustDrop stages 1+2+3 on during
+   training (same seed, data, steps).
+2. Evaluate the dense-trained model with every setting at the same final budget (``keep`` =
+   25% of the vision tokens by default): dense / ToMe / FastV-style / MustDrop stage 1 /
+   stages 1+2 / 1+2+3, plus the MustDrop-trained model with its setting. Per row: vision
+   tokens entering the LM, vision tokens per LM layer (mean over layers), prefill FLOPs
+   (``torch.utils.flop_counter.FlopCounterMode``: ViT + projector + LM prefill, per image),
+   compression vs dense, greedy exact-match answer accuracy on the val split, and the chance
+   (majority-answer) accuracy of the split.
+3. Latency on the dense-trained model: prefill ms per batch and greedy decode tokens/s (a fixed
+   number of new tokens, EOS ignored), dense vs MustDrop stages 2+3 (LM-side) and 1+2+3.
+
+Bars (checked and printed, never enforced by tests): at 25% kept MustDrop 1+2+3 within 3 points of
+dense; MustDrop >= ToMe and >= FastV; training with dropping within 3 points of dense training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+__all__ = ["bench_vlm_dropping", "main", "SETTINGS"]
+
+#: name -> DroppingConfig kwargs (``keep`` is filled in from the benchmark's ``keep``).
+SETTINGS: dict[str, dict[str, Any]] = {
+    "dense": {"method": "none"},
+    "tome": {"method": "tome"},
+    "fastv": {"method": "fastv"},
+    "mustdrop_1": {"method": "mustdrop", "stages": [1]},
+    "mustdrop_12": {"method": "mustdrop", "stages": [1, 2]},
+    "mustdrop_123": {"method": "mustdrop", "stages": [1, 2, 3]},
+}
+
+
+def _setting(name: str, keep: float, stage1_keep: float, lm_layers: list[int], extra: dict[str, Any]):
+    from litbrain.nn.vlm import DroppingConfig
+
+    kw = dict(SETTINGS[name])
+    if kw["method"] != "none":
+        kw["keep"] = keep
+        kw["lm_layers"] = list(lm_layers)
+    if kw["method"] == "mustdrop" and 2 in kw["stages"]:
+        kw["stage1_keep"] = stage1_keep
+    kw.update(extra)
+    return DroppingConfig(**kw)
+
+
+def _evaluate(model, batches, cfg) -> dict[str, float]:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    correct = n = 0
+    into_lm, per_layer = [], []
+    for b in batches:
+        gen, pre = model.generate(b, max_new_tokens=3, cfg=cfg)
+        correct += int(model.answer_correct(gen, b["answer"], b["answer_mask"]).sum())
+        n += gen.shape[0]
+        per_layer.append(pre.vision_per_layer.float().mean())
+        into_lm.append(pre.vision_per_layer[0].float().mean())
+    b = batches[0]
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        vt, vis = model.encode_images(b["image"], cfg)
+        emb, am, kind, key, _ = model.build_inputs(vis, vt.mask, vt.key, b["question"], b["question_mask"], left_pad=True)
+        from litbrain.nn.lm_dropping import prefill
+
+        prefill(model.lm, emb, am, kind, key, policy=cfg.policy(model.n_patches), logits_mode="last")
+    return {"acc": correct / max(n, 1), "tokens_into_lm": float(torch.stack(into_lm).mean()),
+            "tokens_per_layer": float(torch.stack(per_layer).mean()), "gflops": fc.get_total_flops() / b["image"].shape[0] / 1e9}
+
+
+def _latency(model, batch, cfg, new_tokens: int, reps: int) -> dict[str, float]:
+    import torch
+
+    from litbrain.nn.lm_dropping import decode_step, prefill
+
+    model.eval()
+    pol = cfg.policy(model.n_patches)
+    pre_t, dec_t = [], []
+    with torch.no_grad():
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            vt, vis = model.encode_images(batch["image"], cfg)
+            emb, am, kind, key, _ = model.build_inputs(vis, vt.mask, vt.key, batch["question"], batch["question_mask"],
+                                                       left_pad=True)
+            out = prefill(model.lm, emb, am, kind, key, policy=pol, use_cache=True, logits_mode="last")
+            nxt = out.logits.argmax(-1)
+            t1 = time.perf_counter()
+            pos, L = out.next_position, emb.shape[1]
+            for t in range(new_tokens):
+                nxt = decode_step(model.lm, out.cache, nxt, pos + t, L + t).argmax(-1)
+            t2 = time.perf_counter()
+            pre_t.append(t1 - t0)
+            dec_t.append(t2 - t1)
+    B = batch["image"].shape[0]
+    pre, dec = sorted(pre_t)[len(pre_t) // 2], sorted(dec_t)[len(dec_t) // 2]
+    return {"prefill_ms": 1e3 * pre, "decode_tok_s": B * new_tokens / dec}
+
+
+def _train(task_kwargs: dict[str, Any], dm, steps: int, seed: int):
+    import lightning as L
+
+    from litbrain.tasks.vlm import VisionLanguageTask
+
+    L.seed_everything(seed, workers=True, verbose=False)
+    task = VisionLanguageTask(**task_kwargs)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, gradient_clip_val=1.0,
+                        num_sanity_val_steps=0)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(task, datamodule=dm)
+    task.model.eval()
+    return task, time.perf_counter() - t0
+
+
+def bench_vlm_dropping(
+    vision: dict[str, Any],
+    lm: dict[str, Any],
+    data: dict[str, Any],
+    keep: float = 0.25,
+    stage1_keep: float = 0.5,
+    lm_layers: list[int] | None = None,
+    mustdrop: dict[str, Any] | None = None,
+    train_steps: int = 1500,
+    lr: float = 2e-3,
+    eval_batches: int = 8,
+    latency_new_tokens: int = 16,
+    latency_reps: int = 3,
+    seed: int = 0,
+    threads: int = 1,
+    out_json: str | None = "runs/bench_vlm_dropping.json",
+) -> dict[str, Any]:
+    """Train, then print the table of dense / ToMe / FastV / MustDrop stages (see the module docstring).
+
+    Args:
+        vision / lm: the task's ``vision`` spec and LM config dict (tiny, random init).
+        data: :class:`~litbrain.datamodules.VqaDataModule` arguments.
+        keep: final vision-token budget for every method (fraction of the patches).
+        stage1_keep: MustDrop stage-1 budget when stage 2 follows.
+        lm_layers: LM layers after which FastV / MustDrop stage 2 drop (0-based).
+        mustdrop: extra :class:`~litbrain.nn.vlm.DroppingConfig` fields for the MustDrop rows.
+        train_steps: optimiser steps of each of the two trainings.
+        lr: peak learning rate.
+        eval_batches: val batches per evaluation (``data.batch_size`` rows each).
+        latency_new_tokens / latency_reps: decode length and repetitions (median) of the latency rows.
+        seed: training seed; threads: torch intra-op threads.
+        out_json: where to write the figures (``None`` = nowhere).
+    """
+    import torch
+
+    from litbrain.datamodules.vqa import VqaDataModule
+
+    torch.set_num_threads(int(threads))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    lm_layers = list(lm_layers or [1, 2])
+    extra = dict(mustdrop or {})
+    dm = VqaDataModule(**data)
+    dm.setup("fit")
+    val = [b for _, b in zip(range(eval_batches), dm.val_dataloader())]
+    base = {"vision": vision, "lm": lm, "lr": lr}
+    md_train = _setting("mustdrop_123", keep, stage1_keep, lm_layers, extra)
+    dense_task, t_dense = _train({**base, "dropping": {"method": "none"}}, dm, train_steps, seed)
+    drop_task, t_drop = _train({**base, "dropping": md_train.__dict__}, dm, train_steps, seed)
+    rows: dict[str, dict[str, float]] = {}
+    for name in SETTINGS:
+        kw = extra if name.startswith("mustdrop") else {}
+        rows[name] = _evaluate(dense_task.model, val, _setting(name, keep, stage1_keep, lm_layers, kw))
+    rows["mustdrop_123 (trained with dropping)"] = _evaluate(drop_task.model, val, md_train)
+    dense_flops = rows["dense"]["gflops"]
+    for r in rows.values():
+        r["flops_saved"] = 1.0 - r["gflops"] / dense_flops
+    lat_cfgs = {"dense": _setting("dense", keep, stage1_keep, lm_layers, {}),
+                "mustdrop_23": _setting("mustdrop_123", keep, stage1_keep, lm_layers, {**extra, "stages": [2, 3]}),
+                "mustdrop_123": _setting("mustdrop_123", keep, stage1_keep, lm_layers, extra)}
+    latency = {k: _latency(dense_task.model, val[0], c, latency_new_tokens, latency_reps) for k, c in lat_cfgs.items()}
+    chance = dm.chance
+    n_patch = dense_task.model.n_patches
+    md = rows["mustdrop_123"]["acc"]
+    bars = {
+        "mustdrop_123 within 3 points of dense": md >= rows["dense"]["acc"] - 0.03,
+        "mustdrop_123 >= tome": md >= rows["tome"]["acc"],
+        "mustdrop_123 >= fastv": md >= rows["fastv"]["acc"],
+        "training with dropping within 3 points of dense training":
+            rows["mustdrop_123 (trained with dropping)"]["acc"] >= rows["dense"]["acc"] - 0.03,
+    }
+    lines = [f"VLM vision-token dropping on the synthetic VQA world: {n_patch} patch tokens, keep {keep:.0%} "
+             f"(= {max(1, round(keep * n_patch))} tokens), {train_steps} training steps "
+             f"(dense {t_dense:.0f} s, with dropping {t_drop:.0f} s), {len(val) * dm.batch_size} val items, "
+             f"torch threads {threads}",
+             f"{'setting':<40}{'into LM':>8}{'per layer':>10}{'GFLOPs':>9}{'saved':>8}{'acc':>8}"]
+    for name, r in rows.items():
+        lines.append(f"{name:<40}{r['tokens_into_lm']:>8.1f}{r['tokens_per_layer']:>10.1f}{r['gflops']:>9.4f}"
+                     f"{r['flops_saved']:>8.1%}{r['acc']:>8.3f}")
+    lines.append(f"{'chance (majority answer / per question type)':<40}{'':>35}{chance['majority']:>8.3f} / "
+                 f"{chance['majority_per_type']:.3f}")
+    lines.append("")
+    lines.append(f"{'latency (dense-trained model, batch ' + str(val[0]['image'].shape[0]) + ')':<40}"
+                 f"{'prefill ms':>12}{'decode tok/s':>14}")
+    for k, v in latency.items():
+        lines.append(f"{k:<40}{v['prefill_ms']:>12.1f}{v['decode_tok_s']:>14.0f}")
+    lines.append("")
+    for k, ok in bars.items():
+        lines.append(f"bar: {k}: {'PASS' if ok else 'FAIL'}")
+    print("\n".join(lines))
+    result = {"rows": rows, "latency": latency, "chance": chance, "bars": bars, "train_seconds": [t_dense, t_drop],
+              "keep": keep, "n_patches": n_patch, "train_steps": train_steps}
+    if out_json:
+        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_json).write_text(json.dumps(result, indent=2))
+    return result
+
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "bench" / "vlm_dropping.yaml"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python scripts/bench_vlm_dropping.py [--config FILE.yaml] [--key value ...]`` (default config:
+    ``configs/bench/vlm_dropping.yaml``)."""
+    import sys
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from jsonargparse import auto_cli
+
+    from litbrain import _cli_errors
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not _cli_errors.config_files(args) and not any(a in ("-h", "--help") for a in args) and DEFAULT_CONFIG.is_file():
+        args = ["--config", str(DEFAULT_CONFIG), *args]
+    _cli_errors.CONFIG_FILES[:] = _cli_errors.config_files(args)
+    auto_cli(bench_vlm_dropping, args=args, as_positional=False, parser_class=_cli_errors.ConciseArgumentParser,
+             prog="scripts/bench_vlm_dropping.py")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,335 @@
+"""A LLaVA-style vision-language model with vision-token dropping, as plain nn blocks.
+
+``images -> ViT (timm or open_clip, optionally ToMe / MustDrop stage 1) -> 2-layer MLP
+projector (LLaVA-1.5) -> Llama-family causal LM (optionally FastV / MustDrop stages 2-3)``.
+
+A sequence is ``<bos> [vision tokens] [question words] ([answer words] <eos>)``; every image
+may contribute a different number of vision tokens (merging with thresholds), so sequences are
+built per sample and padded: right-padded for training, left-padded for generation.
+
+:class:`DroppingConfig` names one point of the design space (dense / ToMe / FastV / MustDrop
+with stages) and is turned into a :class:`~litbrain.nn.vision_reduction.VisionTokenReducer`
+setting and an LM :class:`~litbrain.nn.lm_dropping.DropPolicy`; it can be swapped on a trained
+model (``model.dropping = ...``) to evaluate other settings. Nothing here imports Lightning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from litbrain.nn.lm_dropping import KIND_PAD, KIND_TEXT, KIND_VISION, DropPolicy, check_lm, generate, prefill, scatter_to_full
+
+__all__ = ["DroppingConfig", "VisionLanguageModel", "build_vision_encoder", "build_causal_lm", "MlpProjector", "sincos_2d"]
+
+Method = Literal["none", "tome", "fastv", "mustdrop"]
+
+
+@dataclass
+class DroppingConfig:
+    """One vision-token dropping setting.
+
+    Args:
+        method: ``none`` | ``tome`` (ViT merging) | ``fastv`` (LM, after one layer) | ``mustdrop``.
+        stages: MustDrop stages in use (1 = ViT window merge + key set, 2 = LM prefill filtering,
+            3 = output-aware KV-cache compaction for decoding).
+        keep: final vision-token budget: a count (int >= 1) or a fraction of the ViT's patch
+            tokens (float in (0, 1]); ``None`` = thresholds only (MustDrop) / nothing (others).
+        stage1_keep: MustDrop stage-1 budget when stage 2 is also on (count or fraction);
+            ``None`` = the merge threshold alone decides.
+        merge_threshold / window / merge_layer / key_fraction: MustDrop stage 1.
+        lm_layers: 0-based LM layers after which tokens are dropped (FastV uses the first).
+        global_thr / individual_thr: MustDrop stage-2 thresholds.
+        output_thr: stage-3 threshold (fraction of uniform attention).
+        in_training: apply the dropping in training forward passes too (else only in eval).
+    """
+
+    method: Method = "none"
+    stages: list[int] = field(default_factory=lambda: [1, 2, 3])
+    keep: float | int | None = None
+    stage1_keep: float | int | None = None
+    merge_threshold: float = 0.8
+    window: int = 3
+    merge_layer: int = 1
+    key_fraction: float = 0.08
+    lm_layers: list[int] = field(default_factory=lambda: [2, 6, 10, 14])
+    global_thr: float = 0.001
+    individual_thr: float = 0.001
+    output_thr: float = 0.1
+    in_training: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in ("none", "tome", "fastv", "mustdrop"):
+            raise ValueError(f"dropping.method={self.method!r}: unknown; fix: none, tome, fastv or mustdrop")
+        bad = [s for s in self.stages if s not in (1, 2, 3)]
+        if bad or (self.method == "mustdrop" and not self.stages):
+            raise ValueError(f"dropping.stages={self.stages}: use a non-empty subset of [1, 2, 3]")
+        if self.method in ("tome", "fastv") and self.keep is None:
+            raise ValueError(f"dropping.method={self.method!r} needs dropping.keep (count or fraction of patches)")
+
+    @staticmethod
+    def _count(x: float | int | None, n_patches: int, name: str) -> int | None:
+        if x is None:
+            return None
+        if isinstance(x, bool):
+            raise ValueError(f"{name}={x!r}: give a count >= 1 or a fraction in (0, 1]")
+        if isinstance(x, float) and x <= 1.0:
+            if x <= 0:
+                raise ValueError(f"{name}={x}: must be > 0; fix: e.g. 0.25 (a quarter of the patches) or a count")
+            return max(1, int(round(x * n_patches)))
+        n = int(x)
+        if n <= 0 or n > n_patches:
+            raise ValueError(f"{name}={x}: must be in 1..{n_patches} (the ViT's patch tokens) or a fraction in (0, 1]")
+        return n
+
+    def reducer_kwargs(self, n_patches: int) -> dict[str, Any]:
+        keep = self._count(self.keep, n_patches, "dropping.keep")
+        if self.method == "tome":
+            return {"method": "tome", "keep": keep}
+        if self.method == "mustdrop" and 1 in self.stages:
+            k1 = keep if 2 not in self.stages else self._count(self.stage1_keep, n_patches, "dropping.stage1_keep")
+            return {"method": "mustdrop", "keep": k1, "threshold": self.merge_threshold, "window": self.window,
+                    "merge_layer": self.merge_layer, "key_fraction": self.key_fraction}
+        return {"method": "none"}
+
+    def policy(self, n_patches: int) -> DropPolicy:
+        keep = self._count(self.keep, n_patches, "dropping.keep")
+        if self.method == "fastv":
+            return DropPolicy("fastv", layers=self.lm_layers[:1], budget=keep)
+        if self.method == "mustdrop" and (2 in self.stages or 3 in self.stages):
+            return DropPolicy("mustdrop" if 2 in self.stages else "none", layers=self.lm_layers,
+                              global_thr=self.global_thr, individual_thr=self.individual_thr,
+                              budget=keep if 2 in self.stages else None, stage3=3 in self.stages,
+                              output_thr=self.output_thr)
+        return DropPolicy("none")
+
+
+def build_vision_encoder(spec: dict[str, Any]) -> nn.Module:
+    """A ViT from ``{"library": "timm"|"open_clip", "name": ..., "pretrained": ..., "kwargs": {...}, "pos_embed_init": ...}``.
+
+    timm: ``timm.create_model(name, pretrained=bool, **kwargs)`` (e.g. ``img_size``, ``patch_size``,
+    ``embed_dim``, ``depth``, ``num_heads`` for a tiny model); open_clip:
+    ``open_clip.create_model(name, pretrained=tag or None, **kwargs).visual``.
+    ``pos_embed_init: sincos`` overwrites the patch position embedding with fixed 2-D sine-cosine
+    values (still trained; see :func:`sincos_2d`) - for towers trained from scratch.
+    """
+    lib = spec.get("library", "timm")
+    name = spec.get("name")
+    kwargs = dict(spec.get("kwargs") or {})
+    pos_init = spec.get("pos_embed_init")
+    if not name:
+        raise ValueError("vision.name is required (e.g. vit_tiny_patch16_224 or ViT-B-32)")
+    if pos_init not in (None, "sincos"):
+        raise ValueError(f"vision.pos_embed_init={pos_init!r}: unknown; fix: null (the library's) or 'sincos'")
+    if lib == "timm":
+        import timm
+
+        kwargs.setdefault("num_classes", 0)
+        vit = timm.create_model(name, pretrained=bool(spec.get("pretrained", False)), **kwargs)
+        pos = getattr(vit, "pos_embed", None)
+        n_prefix = 0 if getattr(vit, "no_embed_class", False) else int(getattr(vit, "num_prefix_tokens", 1))
+    elif lib == "open_clip":
+        import open_clip
+
+        vit = open_clip.create_model(name, pretrained=spec.get("pretrained") or None, **kwargs).visual
+        pos = getattr(vit, "positional_embedding", None)
+        n_prefix = 1
+    else:
+        raise ValueError(f"vision.library={lib!r}: unknown; fix: timm or open_clip")
+    if pos_init == "sincos":
+        if not isinstance(pos, nn.Parameter):
+            raise ValueError(f"vision.pos_embed_init='sincos': {type(vit).__name__} has no learned position embedding")
+        n = pos.shape[-2] - n_prefix
+        g = int(round(n ** 0.5))
+        if g * g != n:
+            raise ValueError(f"vision.pos_embed_init='sincos' needs a square patch grid, got {n} position slots")
+        with torch.no_grad():
+            pos.view(-1, pos.shape[-1])[n_prefix:] = sincos_2d(g, pos.shape[-1]).to(pos.dtype)
+    return vit
+
+
+def sincos_2d(grid: int, dim: int) -> Tensor:
+    """Fixed 2-D sine-cosine position embeddings (MAE), ``(grid * grid, dim)`` row-major; ``dim % 4 == 0``.
+
+    A from-scratch ViT starts with its learned position embedding at std 0.02, far below the patch
+    embeddings (~0.5), so at first its tokens hardly say WHERE they are; a question about a named
+    board cell needs exactly that. Initialising the (still trainable) embedding with sine-cosine
+    values of unit scale gives the LM position information from step one.
+    """
+    if dim % 4:
+        raise ValueError(f"sincos position embedding needs a width divisible by 4, got {dim}")
+    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32),
+                            indexing="ij")
+    q = dim // 4
+    omega = 1.0 / (10000 ** (torch.arange(q, dtype=torch.float32) / q))
+
+    def enc(x: Tensor) -> Tensor:
+        o = x.flatten()[:, None] * omega[None]
+        return torch.cat([o.sin(), o.cos()], 1)
+
+    return torch.cat([enc(ys), enc(xs)], 1)
+
+
+def build_causal_lm(lm: str | dict[str, Any], attn_implementation: str = "eager") -> nn.Module:
+    """A causal LM by hub name (``from_pretrained``) or from a config dict with ``model_type``."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if isinstance(lm, str):
+        return AutoModelForCausalLM.from_pretrained(lm, attn_implementation=attn_implementation)
+    cfg = dict(lm)
+    model_type = cfg.pop("model_type", None)
+    if not model_type:
+        raise ValueError("lm config dict needs model_type (e.g. 'llama', 'qwen2', 'mistral')")
+    config = AutoConfig.for_model(model_type, **cfg)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
+
+
+class MlpProjector(nn.Sequential):
+    """LLaVA-1.5's projector: Linear -> GELU -> Linear."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int | None = None):
+        hidden = hidden or out_dim
+        super().__init__(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+
+
+class VisionLanguageModel(nn.Module):
+    """ViT -> projector -> causal LM, with :class:`DroppingConfig` applied in both halves.
+
+    Args:
+        vit: a timm ``VisionTransformer`` or an open_clip ``VisionTransformer`` (with CLS token).
+        lm: a Llama-family causal LM (see :mod:`litbrain.nn.lm_dropping`).
+        bos_id / eos_id / pad_id: the LM's special token ids.
+        dropping: the dropping setting (swappable later via the ``dropping`` attribute).
+        projector_hidden: hidden width of the projector (default: the LM width).
+    """
+
+    def __init__(self, vit: nn.Module, lm: nn.Module, bos_id: int, eos_id: int, pad_id: int,
+                 dropping: DroppingConfig | None = None, projector_hidden: int | None = None):
+        super().__init__()
+        from litbrain.nn.vision_reduction import VisionTokenReducer
+
+        check_lm(lm)
+        self.vit = vit
+        self.lm = lm
+        self.bos_id, self.eos_id, self.pad_id = int(bos_id), int(eos_id), int(pad_id)
+        dense = VisionTokenReducer(vit, method="none")
+        self.n_patches = dense.num_patches
+        self.projector = MlpProjector(dense.embed_dim, lm.config.hidden_size, projector_hidden)
+        self._reducers: dict[tuple, nn.Module] = {}
+        self.dropping = dropping or DroppingConfig()
+
+    @property
+    def dropping(self) -> DroppingConfig:
+        return self._dropping
+
+    @dropping.setter
+    def dropping(self, cfg: DroppingConfig) -> None:
+        cfg.reducer_kwargs(self.n_patches)  # validate now, not at the first batch
+        pol = cfg.policy(self.n_patches)
+        check_lm(self.lm, need_weights=pol.needs_weights())
+        self._dropping = cfg
+
+    def _active(self) -> DroppingConfig:
+        if self.training and not self._dropping.in_training:
+            return DroppingConfig()
+        return self._dropping
+
+    def reducer(self, cfg: DroppingConfig | None = None) -> nn.Module:
+        from litbrain.nn.vision_reduction import VisionTokenReducer
+
+        kw = (cfg or self._active()).reducer_kwargs(self.n_patches)
+        k = tuple(sorted(kw.items()))
+        if k not in self._reducers:  # kept out of the module tree: it wraps self.vit, no new weights
+            self._reducers[k] = VisionTokenReducer(self.vit, **kw)
+        return self._reducers[k]
+
+    # ------------------------------------------------------------------------- inputs
+    def encode_images(self, images: Tensor, cfg: DroppingConfig | None = None):
+        vt = self.reducer(cfg)(images)
+        return vt, self.projector(vt.tokens)
+
+    def build_inputs(self, vis: Tensor, vis_mask: Tensor, vis_key: Tensor, question: Tensor, question_mask: Tensor,
+                     answer: Tensor | None = None, answer_mask: Tensor | None = None, left_pad: bool = False):
+        """Per-sample ``<bos> vision question (answer)`` sequences, padded into a batch.
+
+        Returns ``embeds (B, L, D), attention_mask (B, L), kind (B, L), key (B, L), targets (B, L)``
+        (``targets[p]`` = id of token ``p + 1`` where that is an answer token, else -100).
+        """
+        emb = self.lm.get_input_embeddings()
+        B = vis.shape[0]
+        dev = vis.device
+        bos = emb(torch.full((1,), self.bos_id, device=dev, dtype=torch.long))
+        q_emb = emb(question)
+        a_emb = emb(answer) if answer is not None else None
+        rows, kinds, keys, tgts = [], [], [], []
+        for b in range(B):
+            v = vis[b][vis_mask[b]]
+            q = q_emb[b][question_mask[b]]
+            parts = [bos, v, q]
+            kind = [KIND_TEXT] + [KIND_VISION] * v.shape[0] + [KIND_TEXT] * q.shape[0]
+            key = [False] + vis_key[b][vis_mask[b]].tolist() + [False] * q.shape[0]
+            tgt = [-100] * len(kind)
+            if a_emb is not None:
+                ids = answer[b][answer_mask[b]]  # type: ignore[index]
+                parts.append(a_emb[b][answer_mask[b]])  # type: ignore[index]
+                tgt[-1] = int(ids[0])
+                tgt += ids[1:].tolist() + [-100]
+                kind += [KIND_TEXT] * ids.shape[0]
+                key += [False] * ids.shape[0]
+            rows.append(torch.cat(parts, 0))
+            kinds.append(kind)
+            keys.append(key)
+            tgts.append(tgt)
+        L = max(r.shape[0] for r in rows)
+        D = rows[0].shape[1]
+        embeds = rows[0].new_zeros(B, L, D)
+        am = torch.zeros(B, L, dtype=torch.long, device=dev)
+        kind_t = torch.full((B, L), KIND_PAD, dtype=torch.long, device=dev)
+        key_t = torch.zeros(B, L, dtype=torch.bool, device=dev)
+        tgt_t = torch.full((B, L), -100, dtype=torch.long, device=dev)
+        for b, r in enumerate(rows):
+            n = r.shape[0]
+            sl = slice(L - n, L) if left_pad else slice(0, n)
+            embeds[b, sl] = r
+            am[b, sl] = 1
+            kind_t[b, sl] = torch.tensor(kinds[b], device=dev)
+            key_t[b, sl] = torch.tensor(keys[b], device=dev, dtype=torch.bool)
+            tgt_t[b, sl] = torch.tensor(tgts[b], device=dev)
+        return embeds, am, kind_t, key_t, tgt_t
+
+    # ------------------------------------------------------------------------- passes
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Any]:
+        """Teacher-forced pass: ``loss`` (mean CE over answer tokens), ``logits`` at answer positions, stats."""
+        cfg = self._active()
+        vt, vis = self.encode_images(batch["image"], cfg)
+        embeds, am, kind, key, tgt = self.build_inputs(vis, vt.mask, vt.key, batch["question"], batch["question_mask"],
+                                                       batch["answer"], batch["answer_mask"])
+        out = prefill(self.lm, embeds, am, kind, key, policy=cfg.policy(self.n_patches), logits_mode="none")
+        hidden = scatter_to_full(out.hidden, out.order, out.valid, embeds.shape[1])  # type: ignore[arg-type]
+        sel = tgt != -100
+        logits = self.lm.lm_head(hidden[sel])
+        loss = F.cross_entropy(logits.float(), tgt[sel])
+        return {"loss": loss, "logits": logits, "targets": tgt[sel],
+                "vision_tokens": vt.mask.sum(1).float().mean(), "vision_per_layer": out.vision_per_layer}
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, Tensor], max_new_tokens: int = 3, cfg: DroppingConfig | None = None):
+        """Greedy answers (B, T) and the prefill output (token counts, compacted cache)."""
+        cfg = cfg or self._dropping
+        vt, vis = self.encode_images(batch["image"], cfg)
+        embeds, am, kind, key, _ = self.build_inputs(vis, vt.mask, vt.key, batch["question"], batch["question_mask"],
+                                                     left_pad=True)
+        return generate(self.lm, embeds, am, kind, key, policy=cfg.policy(self.n_patches),
+                        max_new_tokens=max_new_tokens, eos_token_id=self.eos_id, pad_token_id=self.pad_id)
+
+    def answer_correct(self, generated: Tensor, answer: Tensor, answer_mask: Tensor) -> Tensor:
+        """(B,) bool: the generated words up to <eos> equal the answer words (and <eos> follows)."""
+        out = []
+        for g, a, m in zip(generated.tolist(), answer.tolist(), answer_mask.tolist()):
+            want = [t for t, k in zip(a, m) if k]  # answer words + <eos>
+            out.append(g[: len(want)] == want)
+        return torch.tensor(out, dtype=torch.bool, device=generated.device)

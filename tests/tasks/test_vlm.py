@@ -1,0 +1,137 @@
+"""The LLaVA-style VLM task with vision-token dropping (tiny timm ViT + tiny Llama, CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from litbrain.datamodules.vqa import VqaDataModule
+from litbrain.nn.lm_dropping import AttentionWeightsUnavailableError, UnsupportedLMError
+from litbrain.nn.vlm import DroppingConfig, VisionLanguageModel, build_causal_lm, build_vision_encoder
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[2]
+VISION = {"library": "timm", "name": "vit_tiny_patch16_224",
+          "kwargs": {"img_size": 36, "patch_size": 4, "embed_dim": 32, "depth": 3, "num_heads": 2}}
+LM = {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 4,
+      "num_key_value_heads": 2, "intermediate_size": 64}
+
+
+@pytest.fixture(scope="module")
+def dm():
+    d = VqaDataModule(n_train=32, n_val=16, n_test=16, batch_size=8)
+    d.setup("fit")
+    return d
+
+
+@pytest.fixture(scope="module")
+def batch(dm):
+    return next(iter(dm.train_dataloader()))
+
+
+def _model(dm, dropping=None, attn="eager", lm=None):
+    torch.manual_seed(0)
+    tok = dm.tokenizer
+    vit = build_vision_encoder(VISION)
+    lm = build_causal_lm(lm or {**LM, "vocab_size": dm.vocab_size}, attn)
+    return VisionLanguageModel(vit, lm, tok.bos_id, tok.eos_id, tok.pad_id, dropping=dropping)
+
+
+SETTINGS = {
+    "tome": DroppingConfig("tome", keep=0.25),
+    "fastv": DroppingConfig("fastv", keep=0.25, lm_layers=[1]),
+    "mustdrop_1": DroppingConfig("mustdrop", stages=[1], keep=0.25),
+    "mustdrop_123": DroppingConfig("mustdrop", stages=[1, 2, 3], keep=0.25, stage1_keep=0.5, lm_layers=[1, 2]),
+}
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_training_step_with_dropping_reaches_projector_and_vit(dm, batch, name):
+    m = _model(dm, SETTINGS[name]).train()
+    out = m(batch)
+    assert torch.isfinite(out["loss"])
+    assert float(out["vision_tokens"]) <= 81
+    out["loss"].backward()
+    for p in (m.projector[0].weight, m.vit.patch_embed.proj.weight, m.vit.blocks[-1].mlp.fc2.weight):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    vpl = out["vision_per_layer"].float().mean(1)
+    assert vpl[-1] <= 0.25 * 81 + 1  # 25% kept in the last LM layer (20 tokens; ToMe may keep 20)
+
+
+def test_disabled_dropping_equals_dense(dm, batch):
+    m = _model(dm).eval()
+    dense = m(batch)
+    gen_dense, _ = m.generate(batch)
+    # stage 2 + 3 with thresholds that keep everything: same code path as dense, same numbers
+    m.dropping = DroppingConfig("mustdrop", stages=[2], lm_layers=[1, 2], global_thr=0.0, individual_thr=0.0)
+    same = m(batch)
+    assert torch.equal(same["logits"], dense["logits"])
+    assert torch.equal(m.generate(batch)[0], gen_dense)
+
+
+def test_generate_and_accuracy(dm, batch):
+    m = _model(dm, SETTINGS["mustdrop_123"]).eval()
+    gen, pre = m.generate(batch, max_new_tokens=3)
+    assert gen.shape[0] == 8 and gen.shape[1] <= 3
+    ok = m.answer_correct(batch["answer"], batch["answer"], batch["answer_mask"])
+    assert ok.all()
+    assert pre.vision_per_layer[-1].max() <= 21
+
+
+def test_sdpa_lm_with_dropping_clear_error(dm):
+    with pytest.raises(AttentionWeightsUnavailableError, match="attn_implementation='eager'"):
+        _model(dm, SETTINGS["fastv"], attn="sdpa")
+    _model(dm, SETTINGS["tome"], attn="sdpa")  # ViT-side dropping only: sdpa is fine
+
+
+def test_unsupported_lm_clear_error(dm):
+    gpt2 = {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 2, "vocab_size": dm.vocab_size}
+    with pytest.raises(UnsupportedLMError, match="not supported"):
+        _model(dm, lm=gpt2)
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"method": "tome"}, "needs dropping.keep"),
+    ({"method": "mustdrop", "keep": 0.0}, "must be > 0"),
+    ({"method": "mustdrop", "keep": 500}, "1..81"),
+    ({"method": "mustdrop", "stages": [4]}, "subset"),
+])
+def test_bad_dropping_config(dm, kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        _model(dm, DroppingConfig(**kw))
+
+
+def test_litbrain_fit_demo_config(tmp_path):
+    from litbrain.cli import main
+
+    run = tmp_path / "run"
+    main([
+        "fit", "--config", str(REPO / "configs" / "vlm" / "synthetic_demo.yaml"),
+        "--data.init_args.n_train", "32", "--data.init_args.n_val", "16", "--data.init_args.n_test", "16",
+        "--data.init_args.batch_size", "8",
+        "--model.init_args.vision", json.dumps(VISION),
+        "--trainer.max_steps", "3", "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "1",
+        "--trainer.default_root_dir", str(run), "--trainer.logger.init_args.save_dir", str(run),
+        "--trainer.callbacks.init_args.dirpath", str(run / "checkpoints"),
+    ])
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    metrics = (run / "logs" / "version_0" / "metrics.csv").read_text()
+    assert "val/acc" in metrics and "val/vision_tokens" in metrics
+    from litbrain.tasks.vlm import VisionLanguageTask
+
+    task = VisionLanguageTask.load_from_checkpoint(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert task.model is not None and task.hparams.lm["vocab_size"] > 0
+
+
+def test_sincos_position_init_and_bad_value():
+    from litbrain.nn.vlm import sincos_2d
+
+    vit = build_vision_encoder({**VISION, "pos_embed_init": "sincos"})
+    pe = vit.pos_embed[0, vit.num_prefix_tokens:]
+    assert torch.equal(pe, sincos_2d(9, 32)) and vit.pos_embed.requires_grad
+    assert len({tuple(r.tolist()) for r in pe}) == 81  # every patch position distinct
+    with pytest.raises(ValueError, match="pos_embed_init"):
+        build_vision_encoder({**VISION, "pos_embed_init": "rope"})
