@@ -61,3 +61,23 @@ class ConciseArgumentParser(_ConciseErrors, ArgumentParser):
 
 class ConciseLightningArgumentParser(_ConciseErrors, LightningArgumentParser):
     pass
+
+
+def run_with_default_config(fn, argv: list[str] | None, default_config, prog: str):
+    """``jsonargparse.auto_cli(fn)`` with concise errors; ``default_config`` is used when no --config is given.
+
+    The benchmark scripts share this: ``python scripts/bench_X.py [--config F.yaml] [--key value ...]``.
+    """
+    import os
+    import sys
+    from pathlib import Path
+
+    from jsonargparse import auto_cli
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not config_files(args) and not any(a in ("-h", "--help") for a in args) and Path(default_config).is_file():
+        args = ["--config", str(default_config), *args]
+    CONFIG_FILES[:] = config_files(args)
+    return auto_cli(fn, args=args, as_positional=False, parser_class=ConciseArgumentParser, prog=prog)

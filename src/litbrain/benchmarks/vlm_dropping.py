@@ -227,20 +227,9 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "bench" / "vl
 def main(argv: list[str] | None = None) -> None:
     """``python scripts/bench_vlm_dropping.py [--config FILE.yaml] [--key value ...]`` (default config:
     ``configs/bench/vlm_dropping.yaml``)."""
-    import sys
+    from litbrain._cli_errors import run_with_default_config
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from jsonargparse import auto_cli
-
-    from litbrain import _cli_errors
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not _cli_errors.config_files(args) and not any(a in ("-h", "--help") for a in args) and DEFAULT_CONFIG.is_file():
-        args = ["--config", str(DEFAULT_CONFIG), *args]
-    _cli_errors.CONFIG_FILES[:] = _cli_errors.config_files(args)
-    auto_cli(bench_vlm_dropping, args=args, as_positional=False, parser_class=_cli_errors.ConciseArgumentParser,
-             prog="scripts/bench_vlm_dropping.py")
-
+    run_with_default_config(bench_vlm_dropping, argv, DEFAULT_CONFIG, "scripts/bench_vlm_dropping.py")
 
 if __name__ == "__main__":
     main()
