@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import mmap
 import os
 import shutil
@@ -314,3 +315,23 @@ class MmapRows:
     def __del__(self) -> None:  # pragma: no cover - best effort
         with contextlib.suppress(Exception):
             self.close()
+
+
+def prepared_is_current(out: Path, fingerprint: str, overwrite: bool) -> bool:
+    """True when ``out`` already holds a dataset prepared from the same inputs and parameters.
+
+    Otherwise an existing ``out`` is refused unless ``overwrite`` (one clear DataError); the
+    callers then rebuild it atomically. Shared by the fMRI and sEEG prepare steps.
+    """
+    if not out.exists():
+        return False
+    try:
+        old = json.loads((out / "manifest.json").read_text())
+    except Exception:
+        old = None
+    if old is not None and old.get("fingerprint") == fingerprint:
+        return True
+    if not overwrite:
+        what = "was prepared from other inputs or parameters" if old else "exists and is not a prepared dataset"
+        raise DataError(f"{out}: {what}; fix: pass overwrite=True to replace it or choose another out_dir")
+    return False

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -104,22 +105,35 @@ class _SubjectSplit:
         return self.brain.take(rows).astype(np.float32)
 
 
-class _MultiSubjectBatches(Dataset):
-    """Batch-level dataset: item = an int64 array of global indices (subject offset + row)."""
+class _GroupedRows(Dataset):
+    """Batch-level dataset over several subjects' splits: item = an int64 array of global indices
+    (subject offset + row). Subclasses build the batch from :meth:`_groups`. Shared by fMRI and sEEG."""
 
-    def __init__(self, splits: list[_SubjectSplit], subjects: list[str], emb: _Embeddings):
-        self.splits, self.subjects, self.emb = splits, subjects, emb
+    def __init__(self, splits: list, subjects: list[str]):
+        self.splits, self.subjects = splits, subjects
         self.offsets = np.cumsum([0] + [s.n for s in splits])
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
-    def __getitem__(self, index):
+    def _groups(self, index) -> Iterator[tuple[int, np.ndarray]]:
+        """(subject position, sorted rows of it) for each subject in ``index``, in dm.subjects order."""
         idx = np.atleast_1d(np.asarray(index, dtype=np.int64))
         subj = np.searchsorted(self.offsets, idx, side="right") - 1
-        brain, subj_out, stim_out = {}, [], []
         for s in np.unique(subj):  # ascending = dm.subjects order
-            rows = np.sort(idx[subj == s] - self.offsets[s])
+            yield int(s), np.sort(idx[subj == s] - self.offsets[s])
+
+
+class _MultiSubjectBatches(_GroupedRows):
+    """fMRI batches: brain groups, subject index and stimulus ids, plus the stimulus targets."""
+
+    def __init__(self, splits: list[_SubjectSplit], subjects: list[str], emb: _Embeddings):
+        super().__init__(splits, subjects)
+        self.emb = emb
+
+    def __getitem__(self, index):
+        brain, subj_out, stim_out = {}, [], []
+        for s, rows in self._groups(index):
             sp = self.splits[s]
             brain[self.subjects[s]] = torch.from_numpy(sp.read(rows))
             subj_out.append(np.full(rows.size, s, dtype=np.int64))

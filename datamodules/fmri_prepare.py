@@ -51,7 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import DataError, NpyRowWriter, RowAccumulator, _fmt_list, atomic_dir, read_npy_header, read_tsv
+from ._io import (DataError, NpyRowWriter, RowAccumulator, _fmt_list, atomic_dir, prepared_is_current, read_npy_header,
+                  read_tsv)
 
 __all__ = ["prepare_fmri", "FORMAT_VERSION", "list_raw_subjects"]
 
@@ -380,16 +381,8 @@ def prepare_fmri(
               "zscore": bool(zscore), "seed": int(seed)}
     fp = _fingerprint(raw, subs, [img_path] + ([txt_path] if txt_path else []), params)
 
-    if out.exists():
-        try:
-            old = json.loads((out / "manifest.json").read_text())
-        except Exception:
-            old = None
-        if old is not None and old.get("fingerprint") == fp:
-            return out
-        if not overwrite:
-            what = "was prepared from other inputs or parameters" if old else "exists and is not a prepared dataset"
-            raise DataError(f"{out}: {what}; fix: pass overwrite=True to replace it or choose another out_dir")
+    if prepared_is_current(out, fp, overwrite):
+        return out
 
     # ---- validate everything cheap before writing anything
     stimuli = read_tsv(raw / "stimuli.tsv", {"stimulus_id": str, "image": str, "shared": int}, what="stimulus table")

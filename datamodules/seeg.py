@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 from ._io import DataError, MmapRows
 from ._resumable import ResumableDataLoader
-from .fmri import _MultiSubjectDataModule
+from .fmri import _GroupedRows, _MultiSubjectDataModule
 
 __all__ = ["SeegDataModule", "read_seeg_manifest"]
 
@@ -65,20 +65,14 @@ class _SeegSplit:
         self.n = len(self.label)
 
 
-class _SeegBatches(Dataset):
+class _SeegBatches(_GroupedRows):
     def __init__(self, splits: list[_SeegSplit], subjects: list[str], subject_index: int | None = None):
-        self.splits, self.subjects, self.subject_index = splits, subjects, subject_index
-        self.offsets = np.cumsum([0] + [s.n for s in splits])
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
+        super().__init__(splits, subjects)
+        self.subject_index = subject_index
 
     def __getitem__(self, index):
-        idx = np.atleast_1d(np.asarray(index, dtype=np.int64))
-        subj = np.searchsorted(self.offsets, idx, side="right") - 1
         brain, subj_out, lab_out = {}, [], []
-        for s in np.unique(subj):
-            rows = np.sort(idx[subj == s] - self.offsets[s])
+        for s, rows in self._groups(index):
             sp = self.splits[s]
             brain[self.subjects[s]] = torch.from_numpy(sp.brain.take(rows).astype(np.float32))
             subj_out.append(np.full(rows.size, s if self.subject_index is None else self.subject_index, np.int64))

@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import DataError, NpyRowWriter, _fmt_list, atomic_dir, read_tsv
+from ._io import DataError, NpyRowWriter, _fmt_list, atomic_dir, prepared_is_current, read_tsv
 
 __all__ = ["prepare_seeg", "read_seeg_file", "list_bids_subjects", "SEEG_FORMAT_VERSION"]
 
@@ -472,16 +472,8 @@ def prepare_seeg(
     plans = [_plan_subject(root, sid, task, regions, cr, region_column, bipolar, float(tmin), float(tmax), label_ids)
              for sid in subjects]
     fp = _fingerprint(root, plans, [cr] if cr else [], params)
-    if out.exists():
-        try:
-            old = json.loads((out / "manifest.json").read_text())
-        except Exception:
-            old = None
-        if old is not None and old.get("fingerprint") == fp:
-            return out
-        if not overwrite:
-            what = "was prepared from other inputs or parameters" if old else "exists and is not a prepared dataset"
-            raise DataError(f"{out}: {what}; fix: pass overwrite=True to replace it or choose another out_dir")
+    if prepared_is_current(out, fp, overwrite):
+        return out
     for plan in plans:
         _assign_splits(plan, split, seed)
 

@@ -131,10 +131,6 @@ def evaluate_seeg(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Score the methods per subject on ``split``; write metrics.json + confusion.png; return the metrics."""
-    return _evaluate(checkpoint, data_dir, out_dir, no_pretraining, tokenizer, split, logistic, decimate, seed)
-
-
-def _evaluate(checkpoint, data_dir, out_dir, no_pretraining, tokenizer, split, logistic, decimate, seed):
     from litbrain.datamodules import read_seeg_manifest
     from litbrain.datamodules.seeg_synthetic import load_seeg_truth
 
@@ -241,5 +237,5 @@ def evaluate_seeg_from_cli(
         decimate: average this many samples before flattening for the logistic regression.
         seed: seed of the logistic regression.
     """
-    m = _evaluate(checkpoint, data_dir, out_dir, no_pretraining, tokenizer, split, logistic, decimate, seed)
+    m = evaluate_seeg(checkpoint, data_dir, out_dir, no_pretraining, tokenizer, split, logistic, decimate, seed)
     return format_seeg_table(m)  # the CLI prints it

@@ -139,7 +139,7 @@ class SeegDecodingTask(L.LightningModule):
         self.tokenizer: DuinModel | None = None
         self._data_subjects: list[str] = []
         self._init_state: dict[str, torch.Tensor] | None = None
-        self._metrics: dict[str, nn.ModuleDict] = {}
+        self._metrics = nn.ModuleDict()  # split -> subject -> metric name -> metric
 
     # ------------------------------------------------------------------ building
     def _check_stage_keys(self) -> None:
@@ -208,7 +208,6 @@ class SeegDecodingTask(L.LightningModule):
                     "confusion": MulticlassConfusionMatrix(n_classes, ignore_index=-1),
                 })
             self._metrics[split] = md
-            setattr(self, f"_{split}_metrics", md)  # registered, so they follow the device
         self._set_up = True
 
     def configure_model(self) -> None:
