@@ -10,21 +10,28 @@ extra columns ``group`` = shaft and ``region`` = anatomical label), and ``truth.
 Generative model, per subject ``s`` with ``C`` monopolar contacts on shafts ``A, B, ...``::
 
     x(t)  = sum_trials  M_{word}[:, t - onset]   +  n(t)  +  line(t)          (C x time)
-    M_k   = A_{s,k} @ Phi^T,    A_{s,k} = W_s @ B_k  on region contacts, 0 elsewhere
+    M_k   = A_{s,k} @ Phi_k^T,  A_{s,k} = W_s @ B_k  on region contacts, 0 elsewhere
     n     ~ GaussianProcess: cov(vec n) = S_s (x) Sigma_t    (Kronecker: space x time)
     S_s   = noise^2 * (diag(g_c^2) + common_noise^2 * 11^T)     own + common-reference noise
     Sigma_t[l] = sum_i v_i rho_i^|l| + w delta_l                sum of AR(1) = 1/f-like spectrum
     line  = a_c cos(2 pi f_line t + phi) + 0.3 a_c cos(2 pi 2 f_line t + 2 phi)
 
-``B_k`` (latent_dim x n_basis) is the word's code, shared by all subjects; ``W_s``
-(region contacts x latent_dim) is subject specific; ``Phi`` (time x n_basis) holds Gabor bursts
-at word-locked latencies (3-25 Hz). Region shafts (one per region) hold the region contacts
-followed by one white-matter contact, so bipolar re-referencing along the shaft (anode label)
-yields exactly ``region_channels`` region channels.
+Words are sequences of articulatory gestures (default, ``n_phonemes > 0``): a shared inventory of
+``n_phonemes`` gestures, each a latent spatial pattern ``u_q`` (latent_dim) and a Gabor burst at its
+own frequency (4-25 Hz); word ``k`` is a distinct sequence of ``phonemes_per_word`` of them, the
+i-th at the i-th word-locked slot, so column i of ``Phi_k`` is gesture ``p_{k,i}``'s burst at slot i
+and column i of ``B_k`` is ``u_{p_{k,i}}``. Words share gestures, as spoken words share phonemes:
+the recording has structure that unlabelled trials teach (which gestures exist, which follow
+which), and that is what Du-IN's self-supervised stages can learn before any label is seen.
+With ``n_phonemes = 0`` every word instead has an independent random code ``B_k`` (latent_dim x
+n_basis) over ``n_basis`` bursts ``Phi`` common to all words (no shared parts).
+``W_s`` (region contacts x latent_dim) is subject specific. Region shafts (one per region) hold the
+region contacts followed by one white-matter contact, so bipolar re-referencing along the shaft
+(anode label) yields exactly ``region_channels`` region channels.
 
 Oracle: for Gaussian noise with a known covariance and known class means, the Bayes-optimal
 rule is the linear discriminant ``argmax_k <S^-1 A_k, Y> - 1/2 <S^-1 A_k, A_k G>`` with
-``Y = X Q Phi`` and ``G = Phi^T Q Phi``, where ``Q`` is ``Sigma_t^-1`` with the line-noise
+``Y = X Q Phi_k`` and ``G = Phi_k^T Q Phi_k``, where ``Q`` is ``Sigma_t^-1`` with the line-noise
 subspace projected out (line noise of unknown phase is a nuisance with a flat prior). It uses
 every contact of the raw monopolar epoch, so it upper-bounds any decoder of the recording. Its
 accuracy is measured on ``oracle_trials`` fresh trials per word and subject, drawn exactly from
@@ -108,6 +115,43 @@ def _basis(n_times: int, sfreq: float, n_basis: int, rng: np.random.Generator) -
     return phi
 
 
+def _gabor(t: np.ndarray, centre: float, freq: float, phase: float, dur: float) -> np.ndarray:
+    width = max(0.04 * dur, 1.5 / freq)
+    g = np.exp(-0.5 * ((t - centre) / width) ** 2) * np.cos(2 * np.pi * freq * (t - centre) + phase)
+    return g / (np.linalg.norm(g) + 1e-12)
+
+
+def _phoneme_words(n_times: int, sfreq: float, n_words: int, n_phonemes: int, per_word: int, latent_dim: int,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Words as sequences of articulatory gestures from a shared inventory.
+
+    Returns Phi (n_words, n_times, per_word): the word's gestures as unit-norm Gabor bursts at its
+    slots; codes (n_words, latent_dim, per_word): each gesture's latent spatial pattern; and the
+    phoneme sequences (n_words, per_word).
+    """
+    if n_phonemes ** per_word < n_words:
+        raise DataError(f"synthesize_seeg: {n_phonemes} phonemes in words of {per_word} give fewer than {n_words} "
+                        f"distinct words; fix: raise n_phonemes or phonemes_per_word")
+    seqs: list[tuple[int, ...]] = []
+    while len(seqs) < n_words:
+        q = tuple(int(v) for v in rng.integers(0, n_phonemes, per_word))
+        if q not in seqs:
+            seqs.append(q)
+    seq = np.array(seqs)
+    pattern = rng.standard_normal((n_phonemes, latent_dim))
+    freqs = np.exp(np.linspace(np.log(4.0), np.log(25.0), n_phonemes))[rng.permutation(n_phonemes)]
+    phases = rng.uniform(0, 2 * np.pi, n_phonemes)
+    t = np.arange(n_times) / sfreq
+    dur = n_times / sfreq
+    centres = np.linspace(0.15, 0.8, per_word) * dur
+    phi = np.empty((n_words, n_times, per_word))
+    for k in range(n_words):
+        for i, q in enumerate(seq[k]):
+            phi[k, :, i] = _gabor(t, centres[i], freqs[q], phases[q], dur)
+    codes = np.transpose(pattern[seq], (0, 2, 1))  # (words, latent, per_word)
+    return phi, codes, seq
+
+
 def _line_basis(n_times: int, sfreq: float, line_freq: float) -> np.ndarray:
     t = np.arange(n_times) / sfreq
     cols = []
@@ -174,6 +218,8 @@ def synthesize_seeg(
     regions: Sequence[str] = ("vSMC", "STG"),
     latent_dim: int = 6,
     n_basis: int = 8,
+    n_phonemes: int = 12,
+    phonemes_per_word: int = 4,
     snr: float = 0.6,
     noise: float = 1.0,
     common_noise: float = 1.0,
@@ -203,8 +249,11 @@ def synthesize_seeg(
         region_channels: Contacts carrying the word signal (int or one per subject), split over
             ``regions`` (one shaft each, closed by a white-matter contact).
         regions: Region labels of the signal-carrying contacts (electrodes.tsv ``region``).
-        latent_dim: Rank of the shared word code ``B_k`` (latent_dim x n_basis).
-        n_basis: Number of temporal bursts in ``Phi``.
+        latent_dim: Dimension of the latent spatial patterns (the rank of ``W_s``).
+        n_basis: Bursts per word when ``n_phonemes = 0`` (independent word codes).
+        n_phonemes: Size of the gesture inventory words are spelled from; 0 gives every word an
+            independent code over ``n_basis`` shared bursts instead.
+        phonemes_per_word: Gestures per word (one per word-locked slot).
         snr: RMS of the word signal on region contacts over the epoch / RMS of a contact's own
             background noise (``noise``).
         noise: Standard deviation of each contact's own 1/f background (model units; 1 unit = 10 uV).
@@ -255,20 +304,28 @@ def synthesize_seeg(
 
     ss = np.random.SeedSequence(seed)
     rng_fn, rng_oracle, *rng_subs = [np.random.default_rng(s) for s in ss.spawn(2 + n_subjects)]
-    phi = _basis(n_times, sfreq, n_basis, rng_fn)
-    codes = rng_fn.standard_normal((n_words, latent_dim, n_basis))
+    if n_phonemes > 0:
+        phi, codes, phoneme_seq = _phoneme_words(n_times, sfreq, n_words, n_phonemes, phonemes_per_word, latent_dim,
+                                                 rng_fn)
+    else:
+        phi = np.broadcast_to(_basis(n_times, sfreq, n_basis, rng_fn), (n_words, n_times, n_basis))
+        codes = rng_fn.standard_normal((n_words, latent_dim, n_basis))
+        phoneme_seq = np.zeros((n_words, 0), np.int64)
+    n_basis = phi.shape[2]
     truth: dict[str, np.ndarray] = {
         "format": np.array(TRUTH_FORMAT),
         "words": np.array(words),
-        "phi": phi,
+        "phi": np.ascontiguousarray(phi),
         "codes": codes,
+        "phonemes": phoneme_seq,
         "sfreq": np.array(float(sfreq)),
         "line_freq": np.array(float(line_freq)),
         "subjects": np.array([f"sub-{s + 1:02d}" for s in range(n_subjects)]),
         "description": np.array(
-            "epoch X (contacts x time) of word k = A[k] @ phi.T + noise; A[k] = <sub>.mixing @ codes[k] on "
+            "epoch X (contacts x time) of word k = A[k] @ phi[k].T + noise; A[k] = <sub>.mixing @ codes[k] on "
             "<sub>.region_rows; noise cov = <sub>.spatial_cov (x) toeplitz(<sub>.temporal_autocov) plus line "
-            "noise; values in model units (1 unit = 1e-5 V in the files)."),
+            "noise; phonemes[k] = the gesture sequence of word k (no columns: independent word codes); values in "
+            "model units (1 unit = 1e-5 V in the files)."),
     }
 
     import mne
@@ -287,7 +344,7 @@ def synthesize_seeg(
             mixing = rng.standard_normal((reg_rows.size, latent_dim)) / math.sqrt(latent_dim)
             A = np.zeros((n_words, C, n_basis))
             A[:, reg_rows] = np.einsum("cl,klj->kcj", mixing, codes)
-            sig_rms = math.sqrt(np.mean([np.mean((A[k, reg_rows] @ phi.T) ** 2) for k in range(n_words)]))
+            sig_rms = math.sqrt(np.mean([np.mean((A[k, reg_rows] @ phi[k].T) ** 2) for k in range(n_words)]))
             scale = snr * noise / sig_rms
             A *= scale
             gains = np.exp(0.2 * rng.standard_normal(C))
@@ -297,7 +354,7 @@ def synthesize_seeg(
             truth[f"{sub}.region"] = np.array(region)
             truth[f"{sub}.region_rows"] = reg_rows
             truth[f"{sub}.mixing"] = mixing * scale
-            truth[f"{sub}.means"] = A  # (words, contacts, n_basis): class mean = means[k] @ phi.T
+            truth[f"{sub}.means"] = A  # (words, contacts, n_basis): class mean = means[k] @ phi[k].T
             truth[f"{sub}.spatial_cov"] = S
             truth[f"{sub}.line_amplitude"] = line_amp
 
@@ -318,7 +375,7 @@ def synthesize_seeg(
                 line = np.cos(2 * np.pi * line_freq * t + ph) + 0.3 * np.cos(2 * np.pi * 2 * line_freq * t + 2 * ph)
                 data += line_amp[:, None] * line[None, :]
                 for k, o in zip(seq, onset_samp):
-                    data[:, o:o + n_times] += A[k] @ phi.T
+                    data[:, o:o + n_times] += A[k] @ phi[k].T
                 info = mne.create_info(names, sfreq, ch_types="seeg")
                 raw = mne.io.RawArray(data * _UNIT, info, verbose=False)
                 raw.info["line_freq"] = line_freq
@@ -363,27 +420,30 @@ def _add_electrode_columns(sub_dir: Path, names: list[str], group: list[str], re
 
 
 def _oracle_filters(n_times: int, sfreq: float, line_freq: float, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """F = Q Phi (time x J) and G = Phi^T Q Phi, Q = Sigma_t^-1 with the line subspace projected out."""
+    """Per word k: F_k = Q Phi_k (time x J) and G_k = Phi_k^T Q Phi_k, Q = Sigma_t^-1 with the line subspace
+    projected out. ``phi`` is (words, time, J)."""
     from scipy.linalg import solve_toeplitz
 
     r = _autocov(n_times, sfreq)
     Lb = _line_basis(n_times, sfreq, line_freq)
-    K = solve_toeplitz(r, np.concatenate([phi, Lb], 1))
-    Kp, Kl = K[:, :phi.shape[1]], K[:, phi.shape[1]:]
+    n_words, _, J = phi.shape
+    K = solve_toeplitz(r, np.concatenate([phi.transpose(1, 0, 2).reshape(n_times, n_words * J), Lb], 1))
+    Kp, Kl = K[:, :n_words * J], K[:, n_words * J:]
     if Lb.shape[1]:
         Kp = Kp - Kl @ np.linalg.solve(Lb.T @ Kl, Lb.T @ Kp)
-    return Kp, phi.T @ Kp
+    F = Kp.reshape(n_times, n_words, J).transpose(1, 0, 2)
+    return F, np.einsum("ktj,kti->kji", phi, F)
 
 
 def _oracle(rng: np.random.Generator, A: np.ndarray, S: np.ndarray, phi: np.ndarray, sfreq: float,
             line_freq: float, line_amp: np.ndarray, trials: int) -> tuple[float, float]:
     """Accuracy (and its standard error) of the Bayes rule on fresh trials of one subject."""
     n_words, C, _ = A.shape
-    n_times = phi.shape[0]
+    n_times = phi.shape[1]
     F, G = _oracle_filters(n_times, sfreq, line_freq, phi)
     Sinv = np.linalg.inv(S)
     H = np.einsum("cd,kdj->kcj", Sinv, A)
-    bias = 0.5 * np.einsum("kcj,kcj->k", H, A @ G)
+    bias = 0.5 * np.einsum("kcj,kcj->k", H, np.einsum("kci,kij->kcj", A, G))
     L = np.linalg.cholesky(S)
     t = np.arange(n_times) / sfreq
     correct = 0
@@ -392,9 +452,8 @@ def _oracle(rng: np.random.Generator, A: np.ndarray, S: np.ndarray, phi: np.ndar
         noise = np.einsum("cd,ndt->nct", L, _background(rng, (trials, C, n_times), sfreq))
         ph = rng.uniform(0, 2 * np.pi, trials)[:, None]
         line = np.cos(2 * np.pi * line_freq * t + ph) + 0.3 * np.cos(2 * np.pi * 2 * line_freq * t + 2 * ph)
-        x = (A[k] @ phi.T)[None] + noise + line_amp[None, :, None] * line[:, None, :]
-        Y = x @ F  # (n, C, J)
-        scores = np.einsum("kcj,ncj->nk", H, Y) - bias[None]
+        x = (A[k] @ phi[k].T)[None] + noise + line_amp[None, :, None] * line[:, None, :]
+        scores = np.einsum("kcj,nct,ktj->nk", H, x, F, optimize=True) - bias[None]
         correct += int(np.sum(scores.argmax(1) == k))
         total += trials
     acc = correct / total
