@@ -19,14 +19,14 @@ from .targets import FrozenImageEncoder, FrozenTextEncoder, embed_captions, embe
 
 if TYPE_CHECKING:  # pragma: no cover
     from .fmri import FmriDataModule, MultiSubjectBatchSampler, read_manifest
-    from .seeg import SeegDataModule, read_seeg_manifest
+    from .seeg import SeegDataModule, labelled_subset, read_seeg_manifest
     from .vqa import VqaDataModule
     from .vqa_synthetic import WordTokenizer, make_item, render_scene, vqa_chance_accuracy
 
 # name -> submodule, imported on first access
 _LAZY = {
     "FmriDataModule": "fmri", "MultiSubjectBatchSampler": "fmri", "read_manifest": "fmri",
-    "SeegDataModule": "seeg", "read_seeg_manifest": "seeg",
+    "SeegDataModule": "seeg", "read_seeg_manifest": "seeg", "labelled_subset": "seeg",
     "VqaDataModule": "vqa", "WordTokenizer": "vqa_synthetic", "make_item": "vqa_synthetic",
     "render_scene": "vqa_synthetic", "vqa_chance_accuracy": "vqa_synthetic",
 }
@@ -49,6 +49,7 @@ __all__ = [
     "FrozenTextEncoder",
     "SeegDataModule",
     "read_seeg_manifest",
+    "labelled_subset",
     "prepare_seeg",
     "read_seeg_file",
     "list_bids_subjects",

@@ -34,7 +34,24 @@ from ._io import DataError, MmapRows
 from ._resumable import ResumableDataLoader
 from .fmri import _GroupedRows, _MultiSubjectDataModule
 
-__all__ = ["SeegDataModule", "read_seeg_manifest"]
+__all__ = ["SeegDataModule", "read_seeg_manifest", "labelled_subset"]
+
+
+def labelled_subset(labels: np.ndarray, fraction: float, seed: int, subject: str) -> np.ndarray:
+    """Mask of the training epochs that keep their label at ``label_fraction = fraction``.
+
+    Stratified per word (at least one epoch per word), seeded by ``(seed, subject)``: the
+    DataModule and the evaluation's logistic-regression baseline draw the same subset.
+    """
+    if fraction >= 1.0:
+        return np.ones(labels.size, dtype=bool)
+    rng = np.random.default_rng([int(seed), zlib.crc32(subject.encode())])
+    keep = np.zeros(labels.size, dtype=bool)
+    for w in np.unique(labels):
+        idx = np.flatnonzero(labels == w)
+        k = max(1, int(round(fraction * idx.size)))
+        keep[rng.choice(idx, size=k, replace=False)] = True
+    return keep
 
 
 def read_seeg_manifest(data_dir: str | os.PathLike) -> dict:
@@ -127,15 +144,7 @@ class SeegDataModule(_MultiSubjectDataModule):
 
     def _train_labels(self, subject: str) -> np.ndarray:
         lab = np.load(self.data_dir / subject / "train_label.npy")
-        if self.label_fraction >= 1.0:
-            return lab
-        rng = np.random.default_rng([self.seed, zlib.crc32(subject.encode())])
-        keep = np.zeros(lab.size, dtype=bool)
-        for w in np.unique(lab):
-            idx = np.flatnonzero(lab == w)
-            k = max(1, int(round(self.label_fraction * idx.size)))
-            keep[rng.choice(idx, size=k, replace=False)] = True
-        return np.where(keep, lab, -1)
+        return np.where(labelled_subset(lab, self.label_fraction, self.seed, subject), lab, -1)
 
     def _get_splits(self, split: str) -> list[_SeegSplit]:
         if split not in self._splits:

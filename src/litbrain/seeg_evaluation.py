@@ -129,9 +129,10 @@ def evaluate_seeg(
     logistic: bool = True,
     decimate: int = 10,
     seed: int = 0,
+    label_fraction: float = 1.0,
 ) -> dict[str, Any]:
     """Score the methods per subject on ``split``; write metrics.json + confusion.png; return the metrics."""
-    from litbrain.datamodules import read_seeg_manifest
+    from litbrain.datamodules import labelled_subset, read_seeg_manifest
     from litbrain.datamodules.seeg_synthetic import load_seeg_truth
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
@@ -161,6 +162,8 @@ def evaluate_seeg(
             res["no pretraining"] = _scores(_logits(baseline, s, x), y, n_classes)
         if logistic:
             xtr, ytr = _split(data_dir, s, "train")
+            keep = labelled_subset(ytr, label_fraction, seed, s)  # the trials the networks had labels for
+            xtr, ytr = xtr[keep], ytr[keep]
             xv, yv = _split(data_dir, s, "val")
             clf = fit_logistic(_flatten(xtr, decimate), ytr, _flatten(xv, decimate), yv, seed=seed)
             proba = np.zeros((len(x), n_classes), dtype=np.float32)
@@ -183,6 +186,7 @@ def evaluate_seeg(
             row[s] = per_subject[s].get(m, {}).get("top1", math.nan)
         rows.append(row)
     metrics: dict[str, Any] = {"split": split, "subjects": subjects, "n_classes": n_classes, "rows": rows,
+                               "label_fraction": float(label_fraction),
                                "per_subject": per_subject}
     oracle = next((r for r in rows if r["method"] == "oracle"), None)
     if oracle is not None:
@@ -205,6 +209,8 @@ def format_seeg_table(metrics: dict[str, Any]) -> str:
         cells = [f"{100 * r[c]:.1f}%" if not math.isnan(r[c]) else "-" for c in cols]
         lines.append(f"{r['method']:<20}" + "".join(f"{c:>16}" for c in cells))
     text = "\n".join(lines)
+    if metrics.get("label_fraction", 1.0) < 1.0:
+        text += f"\nlogistic regression trained on the same {metrics['label_fraction']:.0%} of labelled training epochs"
     if "duin_over_oracle" in metrics:
         text += f"\nDu-IN / oracle (top-1) = {metrics['duin_over_oracle']:.3f}"
     if "codebook" in metrics:
@@ -223,6 +229,7 @@ def evaluate_seeg_from_cli(
     logistic: bool = True,
     decimate: int = 10,
     seed: int = 0,
+    label_fraction: float = 1.0,
 ) -> str:
     """Evaluate a stage-3 sEEG classifier against its baselines; print the table.
 
@@ -235,7 +242,10 @@ def evaluate_seeg_from_cli(
         split: val or test.
         logistic: also fit scikit-learn's logistic regression on the flattened training epochs.
         decimate: average this many samples before flattening for the logistic regression.
-        seed: seed of the logistic regression.
+        seed: seed of the logistic regression and of the labelled subset (the DataModule's ``seed``).
+        label_fraction: the networks' ``data.label_fraction``: the logistic regression then trains on
+            the same labelled subset of the training epochs.
     """
-    m = evaluate_seeg(checkpoint, data_dir, out_dir, no_pretraining, tokenizer, split, logistic, decimate, seed)
+    m = evaluate_seeg(checkpoint, data_dir, out_dir, no_pretraining, tokenizer, split, logistic, decimate, seed,
+                      label_fraction)
     return format_seeg_table(m)  # the CLI prints it

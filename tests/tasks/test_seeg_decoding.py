@@ -134,3 +134,27 @@ def test_a_classifier_exports_and_reloads_bit_exactly(chain, tmp_path):
     x = {"sub-01": torch.randn(4, ref.subjects["sub-01"], 250)}
     assert torch.equal(model(x), ref(x))
     assert "Du-IN sEEG model" in (out / "README.md").read_text()
+
+
+def test_evaluate_with_few_labels_fits_the_logistic_baseline_on_the_networks_labelled_epochs(
+        chain, tiny_seeg_prepared, tmp_path, monkeypatch):
+    """At label_fraction < 1 the logistic regression sees exactly the epochs that kept their label
+    in the DataModule (same seed), not the whole training split."""
+    import litbrain.seeg_evaluation as ev
+    from litbrain.datamodules import SeegDataModule
+
+    seen = []
+    real = ev.fit_logistic
+
+    def spy(x, y, *args, **kwargs):
+        seen.append(np.asarray(y).copy())
+        return real(x, y, *args, **kwargs)
+
+    monkeypatch.setattr(ev, "fit_logistic", spy)
+    m = evaluate_seeg(chain["classify"], tiny_seeg_prepared, tmp_path, decimate=5, seed=1, label_fraction=0.25)
+    dm = SeegDataModule(str(tiny_seeg_prepared), batch_size=12, label_fraction=0.25, seed=1)
+    expected = [sp.label[sp.label >= 0] for sp in dm._get_splits("train")]
+    assert len(seen) == 3
+    for got, want in zip(seen, expected):
+        np.testing.assert_array_equal(got, want)
+    assert m["label_fraction"] == 0.25 and "same 25% of labelled training epochs" in format_seeg_table(m)
