@@ -80,4 +80,10 @@ def run_with_default_config(fn, argv: list[str] | None, default_config, prog: st
     if not config_files(args) and not any(a in ("-h", "--help") for a in args) and Path(default_config).is_file():
         args = ["--config", str(default_config), *args]
     CONFIG_FILES[:] = config_files(args)
-    return auto_cli(fn, args=args, as_positional=False, parser_class=ConciseArgumentParser, prog=prog)
+    from litbrain.cli import _known_errors
+
+    try:
+        return auto_cli(fn, args=args, as_positional=False, parser_class=ConciseArgumentParser, prog=prog)
+    except _known_errors() as err:  # bad input: one line naming the file/field and the fix, no traceback
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -70,16 +70,19 @@ def bench_seeg(
     """
     import torch
 
-    from litbrain.datamodules import SeegDataModule, prepare_seeg, synthesize_seeg
+    from litbrain.datamodules import DataError, SeegDataModule, prepare_seeg, synthesize_seeg
     from litbrain.nn.duin import DuinModel
 
     torch.set_num_threads(num_threads)
     torch.manual_seed(seed)
     work = Path(work_dir)
     _log(verbose, f"synthesising (cached) in {work / 'bids'} ...")
-    bids = synthesize_seeg(work / "bids", n_subjects=n_subjects, n_channels=[12 + 3 * i for i in range(n_subjects)],
-                           n_words=n_words, trials_per_word=trials_per_word, runs=2, sfreq=sfreq, oracle_trials=2,
-                           seed=seed)
+    spec = dict(n_subjects=n_subjects, n_channels=[12 + 3 * i for i in range(n_subjects)], n_words=n_words,
+                trials_per_word=trials_per_word, runs=2, sfreq=sfreq, oracle_trials=2, seed=seed)
+    try:
+        bids = synthesize_seeg(work / "bids", **spec)
+    except DataError:  # the cache holds another parameter set (other arguments or generator version): redo it
+        bids = synthesize_seeg(work / "bids", **spec, overwrite=True)
     prepared = work / "prepared"
     shutil.rmtree(prepared, ignore_errors=True)
     _log(verbose, "preparing (timed) ...")
