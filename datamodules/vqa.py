@@ -8,7 +8,9 @@ Batches are plain dicts::
      "answer":        LongTensor[B, La],        # answer word ids + <eos>, right-padded
      "answer_mask":   BoolTensor[B, La],
      "answer_label":  LongTensor[B],            # vocabulary id of the (one-word) answer
-     "qtype":         LongTensor[B]}            # index into vqa_synthetic.QUESTION_TYPES
+     "qtype":         LongTensor[B],            # index into vqa_synthetic.QUESTION_TYPES
+     "cell_colour":   LongTensor[B, grid**2],   # per cell, row-major: 0 empty, 1 + index into COLOURS
+     "cell_shape":    LongTensor[B, grid**2]}   # per cell: 0 empty, 1 + index into SHAPES
 
 ``dm.tokenizer`` (a :class:`~.vqa_synthetic.WordTokenizer`) and ``dm.vocab_size`` tell a model
 how to embed the words; ``dm.chance`` holds the majority-answer accuracies of the val split.
@@ -26,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ._io import DataError
-from .vqa_synthetic import QUESTION_TYPES, WordTokenizer, make_item, render_scene, vqa_chance_accuracy
+from .vqa_synthetic import COLOURS, QUESTION_TYPES, SHAPES, WordTokenizer, make_item, render_scene, vqa_chance_accuracy
 
 __all__ = ["VqaDataModule", "SyntheticVqaDataset", "collate_vqa"]
 
@@ -49,6 +51,9 @@ class SyntheticVqaDataset(Dataset):
             "answer": self.tok.encode(it.answer) + [self.tok.eos_id],
             "answer_label": self.tok.index[it.answer],
             "qtype": QUESTION_TYPES.index(it.qtype),
+            # the scene's own labels per cell (0 = empty): what a vision tower can be pretrained on
+            "cell_colour": [0 if c is None else 1 + list(COLOURS).index(c[1]) for c in it.scene.cells],
+            "cell_shape": [0 if c is None else 1 + SHAPES.index(c[0]) for c in it.scene.cells],
         }
 
     def __len__(self) -> int:
@@ -83,6 +88,8 @@ def collate_vqa(items: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
         "answer_mask": am,
         "answer_label": torch.tensor([it["answer_label"] for it in items], dtype=torch.long),
         "qtype": torch.tensor([it["qtype"] for it in items], dtype=torch.long),
+        "cell_colour": torch.tensor([it["cell_colour"] for it in items], dtype=torch.long),
+        "cell_shape": torch.tensor([it["cell_shape"] for it in items], dtype=torch.long),
     }
 
 

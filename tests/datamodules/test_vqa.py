@@ -107,3 +107,20 @@ def test_datamodule_batches_and_chance():
 def test_bad_settings(kw, msg):
     with pytest.raises(DataError, match=msg):
         VqaDataModule(**kw)
+
+
+def test_batches_carry_the_scenes_per_cell_labels():
+    from litbrain.datamodules.vqa import VqaDataModule
+    from litbrain.datamodules.vqa_synthetic import COLOURS, SHAPES, make_item
+
+    dm = VqaDataModule(n_train=16, n_val=8, n_test=8, batch_size=8, seed=3)
+    dm.setup("fit")
+    b = next(iter(dm.val_dataloader()))
+    assert b["cell_colour"].shape == b["cell_shape"].shape == (8, 9)
+    for i in range(8):
+        scene = make_item(3, "val", i, 3, tuple(dm.question_types), 2, 4).scene
+        want_c = [0 if c is None else 1 + list(COLOURS).index(c[1]) for c in scene.cells]
+        want_s = [0 if c is None else 1 + SHAPES.index(c[0]) for c in scene.cells]
+        assert b["cell_colour"][i].tolist() == want_c and b["cell_shape"][i].tolist() == want_s
+        assert ((b["cell_colour"][i] > 0) == (b["cell_shape"][i] > 0)).all()
+        assert 2 <= int((b["cell_colour"][i] > 0).sum()) <= 4

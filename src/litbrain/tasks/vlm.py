@@ -45,6 +45,9 @@ class VisionLanguageTask(L.LightningModule):
         dropping: a :class:`~litbrain.nn.vlm.DroppingConfig` as a dict (method, stages, keep, ...).
         projector_hidden: hidden width of the projector (default: the LM width).
         bos_id / eos_id / pad_id: special token ids (default: from the datamodule's tokenizer).
+        vision_init_from: a :class:`~litbrain.tasks.scene_pretrain.ScenePretrainTask` checkpoint whose
+            tower weights start ``vision`` (LLaVA starts from a pretrained CLIP tower; this is the
+            offline stand-in). Same ``vision`` sizes required.
         freeze_vision / freeze_lm: train only the other parts (LLaVA stage 1 = both frozen).
         lr / weight_decay / warmup_fraction: AdamW + one-cycle schedule.
         max_new_tokens: greedy decoding length in validation / test.
@@ -60,6 +63,7 @@ class VisionLanguageTask(L.LightningModule):
         bos_id: int | None = None,
         eos_id: int | None = None,
         pad_id: int | None = None,
+        vision_init_from: str | None = None,
         freeze_vision: bool = False,
         freeze_lm: bool = False,
         lr: float = 1e-3,
@@ -112,6 +116,10 @@ class VisionLanguageTask(L.LightningModule):
         if missing:
             raise ValueError(f"model.{missing[0]} is unknown (not in the LM config nor the datamodule); fix: set it")
         vit = build_vision_encoder(h.vision)
+        if h.get("vision_init_from"):
+            from litbrain.tasks.scene_pretrain import load_pretrained_vision
+
+            load_pretrained_vision(vit, h.vision_init_from)
         model = VisionLanguageModel(vit, lm, dropping=self.dropping_config, projector_hidden=h.projector_hidden, **ids)
         if h.freeze_vision:
             model.vit.requires_grad_(False)

@@ -1,0 +1,91 @@
+"""Vision-tower pretraining on the VQA world's per-cell labels, and the VLM starting from it."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from litbrain.hub import ReleaseError
+from litbrain.tasks.scene_pretrain import ScenePretrainTask, load_pretrained_vision
+
+REPO = Path(__file__).resolve().parents[2]
+VISION = {"library": "timm", "name": "vit_tiny_patch16_224", "pos_embed_init": "sincos",
+          "kwargs": {"img_size": 36, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}}
+
+
+def _run_args(run: Path) -> list[str]:
+    return ["--trainer.default_root_dir", str(run), "--trainer.logger.init_args.save_dir", str(run),
+            "--trainer.callbacks.init_args.dirpath", str(run / "checkpoints")]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    """`litbrain fit --config configs/vlm/vision_pretrain.yaml` at test size; returns the run folder."""
+    from litbrain.cli import main
+
+    run = tmp_path_factory.mktemp("vision_pretrain")
+    torch.set_num_threads(1)
+    main(["fit", "--config", str(REPO / "configs" / "vlm" / "vision_pretrain.yaml"),
+          "--data.init_args.n_train", "9600", "--data.init_args.n_val", "256", "--data.init_args.batch_size", "32",
+          "--model.init_args.vision", json.dumps(VISION), "--trainer.max_steps", "300",
+          "--trainer.val_check_interval", "300", *_run_args(run)])
+    return run
+
+
+def test_the_tower_learns_to_read_every_cell(pretrained):
+    rows = list(csv.DictReader(open(pretrained / "logs" / "version_0" / "metrics.csv")))
+    last = [r for r in rows if r.get("val/colour_acc")][-1]
+    colour, shape = float(last["val/colour_acc"]), float(last["val/shape_acc"])
+    print(f"\nper occupied cell after 300 steps: colour {colour:.3f} (chance 0.25), shape {shape:.3f} (chance 0.33)")
+    assert colour > 0.9 and shape > 0.8
+
+
+def test_cell_features_pool_each_window(pretrained):
+    task = ScenePretrainTask(VISION, grid=3).eval()
+    images = torch.randn(2, 3, 36, 36)
+    with torch.no_grad():
+        tok = task._tokens(images).tokens.view(2, 9, 9, -1)
+        feats = task.cell_features(images)
+    # cell (row 1, col 2) = the mean of patch rows 3..5, columns 6..8
+    torch.testing.assert_close(feats[:, 1 * 3 + 2], tok[:, 3:6, 6:9].mean((1, 2)))
+
+
+def test_the_vlm_starts_from_the_pretrained_tower(pretrained):
+    from litbrain.tasks.vlm import VisionLanguageTask
+
+    ckpt = pretrained / "checkpoints" / "last.ckpt"
+    lm = {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+          "num_key_value_heads": 2, "intermediate_size": 64, "vocab_size": 40}
+    task = VisionLanguageTask(vision=VISION, lm=lm, vision_init_from=str(ckpt), bos_id=1, eos_id=2, pad_id=0)
+    task.configure_model()
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    got = task.model.vit.state_dict()
+    assert got.keys() == {k[4:] for k in saved if k.startswith("vit.")}
+    assert all(torch.equal(got[k[4:]], v) for k, v in saved.items() if k.startswith("vit."))
+    fresh = VisionLanguageTask(vision=VISION, lm=lm, bos_id=1, eos_id=2, pad_id=0)
+    fresh.configure_model()
+    assert not torch.equal(fresh.model.vit.patch_embed.proj.weight, task.model.vit.patch_embed.proj.weight)
+
+
+def test_a_wrong_vision_checkpoint_is_one_clear_error(pretrained, tmp_path):
+    from litbrain.nn.vlm import build_vision_encoder
+
+    vit = build_vision_encoder(VISION)
+    with pytest.raises(ReleaseError, match=r"model.vision_init_from=.*no such file.*fix:"):
+        load_pretrained_vision(vit, tmp_path / "missing.ckpt")
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {"model.projector.0.weight": torch.zeros(2, 2)}}, other)
+    with pytest.raises(ReleaseError, match=r"not a scene-pretraining checkpoint.*fix:"):
+        load_pretrained_vision(vit, other)
+    wider = build_vision_encoder({**VISION, "kwargs": {**VISION["kwargs"], "embed_dim": 64, "num_heads": 4}})
+    with pytest.raises(ReleaseError, match=r"does not match model.vision.*fix: use the same vision sizes"):
+        load_pretrained_vision(wider, pretrained / "checkpoints" / "last.ckpt")
+
+
+def test_a_patch_grid_that_does_not_split_into_the_board_is_refused():
+    with pytest.raises(ValueError, match="model.grid=4.*not a square grid divisible"):
+        ScenePretrainTask(VISION, grid=4)
