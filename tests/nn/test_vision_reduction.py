@@ -265,3 +265,31 @@ def test_unsupported_blocks():
         VisionTokenReducer(make_vit("timm", block_fn=ResPostBlock))
     with pytest.raises(ValueError, match="open_clip block 0 is CustomResidualAttentionBlock"):
         VisionTokenReducer(make_vit("open_clip", qk_norm=True))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kwargs", [dict(method="none"), dict(method="tome", keep=9), dict(method="tome", r=4),
+                                    dict(method="mustdrop", keep=9, window=2),
+                                    dict(method="mustdrop", threshold=0.5, window=3)],
+                         ids=["none", "tome_keep", "tome_r", "mustdrop_keep", "mustdrop_threshold"])
+@torch.inference_mode()
+def test_token_centres_are_the_mean_position_of_their_patches(family, kwargs):
+    """Every token's centre is the size-weighted mean (row, col) of the patches it stands for, so the
+    position mass sum(size * centre) of each image equals that of the 6 x 6 patch grid."""
+    from litbrain.nn.vision_reduction import grid_coords
+
+    vit = make_vit(family)
+    out = VisionTokenReducer(vit, **kwargs)(_flat_and_noisy(2))
+    grid = grid_coords((6, 6))
+    assert out.centre.shape == (*out.mask.shape, 2)
+    mass = (out.centre * out.size[..., None]).sum(1)
+    torch.testing.assert_close(mass, grid.sum(0).expand(2, 2))
+    assert (out.centre[~out.mask] == 0).all()
+    real = out.centre[out.mask]
+    assert (real >= 0).all() and (real <= 5).all()
+    if kwargs["method"] == "none":
+        assert torch.equal(out.centre, grid.expand(2, 36, 2))
+    if kwargs["method"] == "mustdrop" and kwargs.get("window") == 3:
+        # image 0 is one flat colour: all four 3x3 windows merge, each at its window's middle patch
+        assert out.mask[0].sum() == 4
+        assert out.centre[0, :4].tolist() == [[1.0, 1.0], [1.0, 4.0], [4.0, 1.0], [4.0, 4.0]]

@@ -135,3 +135,28 @@ def test_sincos_position_init_and_bad_value():
     assert len({tuple(r.tolist()) for r in pe}) == 81  # every patch position distinct
     with pytest.raises(ValueError, match="pos_embed_init"):
         build_vision_encoder({**VISION, "pos_embed_init": "rope"})
+
+
+def test_vision_pos_adds_the_sincos_of_each_tokens_centre(dm, batch):
+    """vision_pos=sincos: the projected tokens gain sincos_position(centre); for dense tokens that is
+    exactly sincos_2d of the patch grid, and merged tokens get their patches' mean position."""
+    from litbrain.nn.vlm import sincos_2d, sincos_position
+
+    plain = _model(dm).eval()
+    torch.manual_seed(0)
+    tok = dm.tokenizer
+    lm = build_causal_lm({**LM, "vocab_size": dm.vocab_size}, "eager")
+    pos = VisionLanguageModel(build_vision_encoder(VISION), lm, tok.bos_id, tok.eos_id, tok.pad_id,
+                              vision_pos="sincos").eval()
+    pos.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        _, a = plain.encode_images(batch["image"])
+        _, b = pos.encode_images(batch["image"])
+        torch.testing.assert_close(b - a, sincos_2d(9, 32).expand_as(a))
+        cfg = DroppingConfig("mustdrop", stages=[1], keep=0.25)
+        vt, a = plain.encode_images(batch["image"], cfg)
+        _, b = pos.encode_images(batch["image"], cfg)
+        torch.testing.assert_close(b - a, sincos_position(vt.centre, 32) * vt.mask[..., None])
+    assert not torch.equal(pos(batch)["loss"], plain(batch)["loss"])
+    with pytest.raises(ValueError, match="vision_pos='rope'"):
+        VisionLanguageModel(build_vision_encoder(VISION), lm, tok.bos_id, tok.eos_id, tok.pad_id, vision_pos="rope")

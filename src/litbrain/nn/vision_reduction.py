@@ -38,6 +38,8 @@ class VisionTokens:
     size: ``(B, N)`` float, how many original patches each token stands for (0 on padding).
     key: ``(B, N)`` bool, MustDrop's key-token set (all False for other methods).
     cls: ``(B, D)`` CLS token after the final norm.
+    centre: ``(B, N, 2)`` float (row, column) on the patch grid: the size-weighted mean position
+        of the patches each token stands for (0 on padding). Merges keep ``sum(size * centre)``.
     """
 
     tokens: Tensor
@@ -45,6 +47,15 @@ class VisionTokens:
     size: Tensor
     key: Tensor
     cls: Tensor
+    centre: Tensor | None = None
+
+
+def grid_coords(grid_hw: tuple[int, int], device=None, dtype=torch.float32) -> Tensor:
+    """``(H * W, 2)`` (row, column) of every patch, raster order."""
+    H, W = grid_hw
+    r, c = torch.meshgrid(torch.arange(H, device=device, dtype=dtype), torch.arange(W, device=device, dtype=dtype),
+                          indexing="ij")
+    return torch.stack([r.flatten(), c.flatten()], 1)
 
 
 class _TimmViT:
@@ -301,13 +312,14 @@ class VisionTokenReducer(nn.Module):
             )
         if self.keep is not None and self.keep > n_patch:
             raise ValueError(f"keep={self.keep} is more than the {n_patch} patch tokens of these images; fix: lower keep")
+        coords = grid_coords(grid, x.device, x.dtype).expand(x.shape[0], n_patch, 2)
         if self.method == "tome":
-            return self._forward_tome(x)
+            return self._forward_tome(x, coords)
         if self.method == "mustdrop":
-            return self._forward_mustdrop(x, grid)
+            return self._forward_mustdrop(x, grid, coords)
         for blk in ops.blocks:
             x = ops.run_block(blk, x)
-        return self._output(x, None, None, None)
+        return self._output(x, None, None, None, coords)
 
     # -- pieces -------------------------------------------------------------------------
 
@@ -347,12 +359,13 @@ class VisionTokenReducer(nn.Module):
         zeros = torch.zeros(mask.shape, dtype=size.dtype, device=size.device)
         return zeros.masked_fill(~mask, -math.inf)[:, None, None, :]
 
-    def _forward_tome(self, x: Tensor) -> VisionTokens:
+    def _forward_tome(self, x: Tensor, coords: Tensor) -> VisionTokens:
         ops = self._ops
         P = ops.num_prefix
         B, T, _ = x.shape
         schedule = tome_schedule(T, len(ops.blocks), keep=self.keep, r=self.r, num_protected=P)
         size = pos = None
+        centre = torch.cat([coords.new_zeros(B, P, 2), coords], 1)  # prefix tokens: placeholder, dropped at the end
         for blk, r in zip(ops.blocks, schedule):
             if r == 0 and size is None:  # nothing merged yet: the original block, bit for bit
                 x = ops.run_block(blk, x)
@@ -363,6 +376,7 @@ class VisionTokenReducer(nn.Module):
                 if size is None:
                     size = x.new_ones(B, T)
                     pos = torch.arange(T, device=x.device).expand(B, T)
+                centre, _ = merge_wavg(merge, centre, size)
                 x, size = merge_wavg(merge, x, size)
                 pos = merge(pos, mode="amin")  # a token sits where its first patch was
             x = ops.mlp_residual(blk, x)
@@ -370,17 +384,18 @@ class VisionTokenReducer(nn.Module):
             order = pos.argsort(dim=1)
             x = x.gather(1, order[..., None].expand_as(x))
             size = size.gather(1, order)
-        return self._output(x, size, None, None)
+            centre = centre.gather(1, order[..., None].expand_as(centre))
+        return self._output(x, size, None, None, centre[:, P:])
 
-    def _forward_mustdrop(self, x: Tensor, grid: tuple[int, int]) -> VisionTokens:
+    def _forward_mustdrop(self, x: Tensor, grid: tuple[int, int], coords: Tensor) -> VisionTokens:
         ops = self._ops
         P = ops.num_prefix
         blocks = ops.blocks
         for blk in blocks[: self.merge_layer]:
             x = ops.run_block(blk, x)
         B, T, _ = x.shape
-        patches, psize, pmask = window_merge(
-            x[:, P:], None, grid, window=self.window, threshold=self.threshold, keep=self.keep
+        patches, psize, pmask, slot = window_merge(
+            x[:, P:], None, grid, window=self.window, threshold=self.threshold, keep=self.keep, return_index=True
         )
         rest = blocks[self.merge_layer :]
         if patches.shape[1] == T - P and bool(pmask.all()):  # nothing merged: original blocks, CLS attention on the side
@@ -389,7 +404,10 @@ class VisionTokenReducer(nn.Module):
             cls_attn = self._side_cls_attention(rest[-1], x)
             x = ops.run_block(rest[-1], x)
             key = key_token_set(cls_attn[:, P:], self.key_fraction)
-            return self._output(x, None, None, key)
+            return self._output(x, None, None, key, coords)
+        # the merged window's centre: mean position of its patches (every input patch has size 1 here)
+        centre = coords.new_zeros(B, patches.shape[1], 2).scatter_add(1, slot[..., None].expand_as(coords), coords)
+        centre = centre / psize.clamp_min(1)[..., None]
 
         ones = x.new_ones(B, P)
         x = torch.cat([x[:, :P], patches], dim=1)
@@ -400,9 +418,10 @@ class VisionTokenReducer(nn.Module):
             x, _, cls_attn = self._attend(blk, x, bias, want_cls=i == len(rest) - 1)
             x = ops.mlp_residual(blk, x)
         key = key_token_set(cls_attn[:, P:], self.key_fraction, mask=pmask)
-        return self._output(x, psize, pmask, key)
+        return self._output(x, psize, pmask, key, centre)
 
-    def _output(self, x: Tensor, size: Tensor | None, mask: Tensor | None, key: Tensor | None) -> VisionTokens:
+    def _output(self, x: Tensor, size: Tensor | None, mask: Tensor | None, key: Tensor | None,
+                centre: Tensor) -> VisionTokens:
         ops = self._ops
         tokens, cls = ops.final(x)
         B, N, _ = tokens.shape
@@ -416,7 +435,7 @@ class VisionTokenReducer(nn.Module):
             tokens = tokens.masked_fill(~mask[..., None], 0.0)
         if key is None:
             key = torch.zeros(B, N, dtype=torch.bool, device=tokens.device)
-        return VisionTokens(tokens=tokens, mask=mask, size=size, key=key, cls=cls)
+        return VisionTokens(tokens=tokens, mask=mask, size=size, key=key, cls=cls, centre=centre.to(tokens.dtype))
 
 
 def _cls_attention(q: Tensor, k: Tensor, scale: float, bias: Tensor | None) -> Tensor:

@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from litbrain.nn.lm_dropping import KIND_PAD, KIND_TEXT, KIND_VISION, DropPolicy, check_lm, generate, prefill, scatter_to_full
 
-__all__ = ["DroppingConfig", "VisionLanguageModel", "build_vision_encoder", "build_causal_lm", "MlpProjector", "sincos_2d"]
+__all__ = ["DroppingConfig", "VisionLanguageModel", "build_vision_encoder", "build_causal_lm", "MlpProjector", "sincos_2d",
+           "sincos_position"]
 
 Method = Literal["none", "tome", "fastv", "mustdrop"]
 
@@ -160,18 +161,27 @@ def sincos_2d(grid: int, dim: int) -> Tensor:
     board cell needs exactly that. Initialising the (still trainable) embedding with sine-cosine
     values of unit scale gives the LM position information from step one.
     """
+    from litbrain.nn.vision_reduction import grid_coords
+
+    return sincos_position(grid_coords((grid, grid)), dim)
+
+
+def sincos_position(coords: Tensor, dim: int) -> Tensor:
+    """2-D sine-cosine embedding of continuous (row, column) positions ``(..., 2)`` -> ``(..., dim)``.
+
+    At integer positions it equals :func:`sincos_2d`; a merged token (ToMe, MustDrop) gets the
+    embedding of its patches' mean position.
+    """
     if dim % 4:
         raise ValueError(f"sincos position embedding needs a width divisible by 4, got {dim}")
-    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32),
-                            indexing="ij")
     q = dim // 4
-    omega = 1.0 / (10000 ** (torch.arange(q, dtype=torch.float32) / q))
+    omega = 1.0 / (10000 ** (torch.arange(q, dtype=torch.float32, device=coords.device) / q))
 
     def enc(x: Tensor) -> Tensor:
-        o = x.flatten()[:, None] * omega[None]
-        return torch.cat([o.sin(), o.cos()], 1)
+        o = x.float()[..., None] * omega
+        return torch.cat([o.sin(), o.cos()], -1)
 
-    return torch.cat([enc(ys), enc(xs)], 1)
+    return torch.cat([enc(coords[..., 0]), enc(coords[..., 1])], -1)
 
 
 def build_causal_lm(lm: str | dict[str, Any], attn_implementation: str = "eager") -> nn.Module:
@@ -205,10 +215,14 @@ class VisionLanguageModel(nn.Module):
         bos_id / eos_id / pad_id: the LM's special token ids.
         dropping: the dropping setting (swappable later via the ``dropping`` attribute).
         projector_hidden: hidden width of the projector (default: the LM width).
+        vision_pos: ``"sincos"`` adds :func:`sincos_position` of each vision token's patch centre
+            to the projected tokens (merged tokens: their patches' mean position), so the LM can
+            look a named region up by content; None adds nothing (the LM sees order only).
     """
 
     def __init__(self, vit: nn.Module, lm: nn.Module, bos_id: int, eos_id: int, pad_id: int,
-                 dropping: DroppingConfig | None = None, projector_hidden: int | None = None):
+                 dropping: DroppingConfig | None = None, projector_hidden: int | None = None,
+                 vision_pos: str | None = None):
         super().__init__()
         from litbrain.nn.vision_reduction import VisionTokenReducer
 
@@ -219,6 +233,12 @@ class VisionLanguageModel(nn.Module):
         dense = VisionTokenReducer(vit, method="none")
         self.n_patches = dense.num_patches
         self.projector = MlpProjector(dense.embed_dim, lm.config.hidden_size, projector_hidden)
+        if vision_pos not in (None, "sincos"):
+            raise ValueError(f"vision_pos={vision_pos!r}: unknown; fix: null or 'sincos'")
+        if vision_pos and lm.config.hidden_size % 4:
+            raise ValueError(f"vision_pos=sincos needs an LM width divisible by 4, got {lm.config.hidden_size}; "
+                             "fix: change the LM width or set vision_pos null")
+        self.vision_pos = vision_pos
         self._reducers: dict[tuple, nn.Module] = {}
         self.dropping = dropping or DroppingConfig()
 
@@ -250,7 +270,10 @@ class VisionLanguageModel(nn.Module):
     # ------------------------------------------------------------------------- inputs
     def encode_images(self, images: Tensor, cfg: DroppingConfig | None = None):
         vt = self.reducer(cfg)(images)
-        return vt, self.projector(vt.tokens)
+        vis = self.projector(vt.tokens)
+        if self.vision_pos == "sincos":
+            vis = vis + sincos_position(vt.centre, vis.shape[-1]).to(vis.dtype) * vt.mask[..., None]
+        return vt, vis
 
     def build_inputs(self, vis: Tensor, vis_mask: Tensor, vis_key: Tensor, question: Tensor, question_mask: Tensor,
                      answer: Tensor | None = None, answer_mask: Tensor | None = None, left_pad: bool = False):

@@ -44,6 +44,8 @@ class VisionLanguageTask(L.LightningModule):
         attn_implementation: the LM's attention; dropping needs ``eager`` (attention weights).
         dropping: a :class:`~litbrain.nn.vlm.DroppingConfig` as a dict (method, stages, keep, ...).
         projector_hidden: hidden width of the projector (default: the LM width).
+        vision_pos: ``"sincos"``: add a 2-D sine-cosine embedding of each vision token's patch centre
+            to the projected tokens (see :class:`~litbrain.nn.vlm.VisionLanguageModel`).
         bos_id / eos_id / pad_id: special token ids (default: from the datamodule's tokenizer).
         vision_init_from: a :class:`~litbrain.tasks.scene_pretrain.ScenePretrainTask` checkpoint whose
             tower weights start ``vision`` (LLaVA starts from a pretrained CLIP tower; this is the
@@ -60,6 +62,7 @@ class VisionLanguageTask(L.LightningModule):
         attn_implementation: str = "eager",
         dropping: dict[str, Any] | None = None,
         projector_hidden: int | None = None,
+        vision_pos: str | None = None,
         bos_id: int | None = None,
         eos_id: int | None = None,
         pad_id: int | None = None,
@@ -120,7 +123,8 @@ class VisionLanguageTask(L.LightningModule):
             from litbrain.tasks.scene_pretrain import load_pretrained_vision
 
             load_pretrained_vision(vit, h.vision_init_from)
-        model = VisionLanguageModel(vit, lm, dropping=self.dropping_config, projector_hidden=h.projector_hidden, **ids)
+        model = VisionLanguageModel(vit, lm, dropping=self.dropping_config, projector_hidden=h.projector_hidden,
+                                    vision_pos=h.get("vision_pos"), **ids)
         if h.freeze_vision:
             model.vit.requires_grad_(False)
         if h.freeze_lm:
