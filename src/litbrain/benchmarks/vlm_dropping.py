@@ -140,6 +140,7 @@ def bench_vlm_dropping(
     seed: int = 0,
     threads: int = 1,
     out_json: str | None = "runs/bench_vlm_dropping.json",
+    task: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train, then print the table of dense / ToMe / FastV / MustDrop stages (see the module docstring).
 
@@ -156,6 +157,8 @@ def bench_vlm_dropping(
         latency_new_tokens / latency_reps: decode length and repetitions (median) of the latency rows.
         seed: training seed; threads: torch intra-op threads.
         out_json: where to write the figures (``None`` = nowhere).
+        task: further :class:`~litbrain.tasks.vlm.VisionLanguageTask` arguments for both trainings
+            (e.g. ``vision_init_from``, ``freeze_vision``, ``vision_pos``).
     """
     import torch
 
@@ -168,7 +171,7 @@ def bench_vlm_dropping(
     dm = VqaDataModule(**data)
     dm.setup("fit")
     val = [b for _, b in zip(range(eval_batches), dm.val_dataloader())]
-    base = {"vision": vision, "lm": lm, "lr": lr}
+    base = {"vision": vision, "lm": lm, "lr": lr, **(task or {})}
     md_train = _setting("mustdrop_123", keep, stage1_keep, lm_layers, extra)
     dense_task, t_dense = _train({**base, "dropping": {"method": "none"}}, dm, train_steps, seed)
     drop_task, t_drop = _train({**base, "dropping": md_train.__dict__}, dm, train_steps, seed)

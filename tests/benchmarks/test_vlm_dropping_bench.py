@@ -1,0 +1,28 @@
+"""The VLM dropping benchmark at a tiny size: every row of the table, and task arguments reach training."""
+
+import pytest
+
+from litbrain.benchmarks.vlm_dropping import bench_vlm_dropping
+from litbrain.hub import ReleaseError
+
+VISION = {"library": "timm", "name": "vit_tiny_patch16_224",
+          "kwargs": {"img_size": 36, "patch_size": 4, "embed_dim": 32, "depth": 3, "num_heads": 2}}
+LM = {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+      "num_key_value_heads": 2, "intermediate_size": 64}
+DATA = {"n_train": 16, "n_val": 8, "n_test": 8, "batch_size": 8}
+TINY = dict(vision=VISION, lm=LM, data=DATA, lm_layers=[0], train_steps=2, eval_batches=1, latency_new_tokens=2,
+            latency_reps=1, out_json=None)
+
+
+def test_tiny_benchmark_prints_every_row(capsys):
+    res = bench_vlm_dropping(**TINY, task={"vision_pos": "sincos"})
+    table = capsys.readouterr().out
+    for row in ("dense", "tome", "fastv", "mustdrop_1", "mustdrop_12", "mustdrop_123",
+                "mustdrop_123 (trained with dropping)"):
+        assert row in res["rows"] and row in table
+    assert res["rows"]["dense"]["tokens_per_layer"] > res["rows"]["mustdrop_123"]["tokens_per_layer"]
+
+
+def test_task_arguments_reach_both_trainings(tmp_path):
+    with pytest.raises(ReleaseError, match="vision_init_from"):
+        bench_vlm_dropping(**TINY, task={"vision_init_from": str(tmp_path / "missing.ckpt")})
