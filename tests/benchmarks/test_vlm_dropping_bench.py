@@ -18,9 +18,13 @@ def test_tiny_benchmark_prints_every_row(capsys):
     res = bench_vlm_dropping(**TINY, task={"vision_pos": "sincos"})
     table = capsys.readouterr().out
     for row in ("dense", "tome", "fastv", "mustdrop_1", "mustdrop_12", "mustdrop_123",
-                "mustdrop_123 (trained with dropping)"):
+                "tome (trained with dropping)", "fastv (trained with dropping)", "mustdrop_123 (trained with dropping)"):
         assert row in res["rows"] and row in table
     assert res["rows"]["dense"]["tokens_per_layer"] > res["rows"]["mustdrop_123"]["tokens_per_layer"]
+    assert "trained with dropping: mustdrop_123 >= tome" in res["bars"] and set(res["train_seconds"]) == {
+        "dense", "tome", "fastv", "mustdrop_123"}
+    with pytest.raises(ValueError, match="trained_with"):
+        bench_vlm_dropping(**TINY, trained_with=["tome"])
 
 
 def test_task_arguments_reach_both_trainings(tmp_path):
