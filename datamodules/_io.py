@@ -23,7 +23,7 @@ import mmap
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -317,14 +317,37 @@ class MmapRows:
             self.close()
 
 
-def prepared_is_current(out: Path, fingerprint: str, overwrite: bool) -> bool:
-    """True when ``out`` already holds a dataset prepared from the same inputs and parameters.
+def output_is_current(out: Path, fingerprint: str, overwrite: bool, read_meta: Callable[[Path], dict | None],
+                      made: str = "prepared", foreign: str = "is not a prepared dataset",
+                      field: str = "out_dir") -> bool:
+    """True when ``out`` already holds an output built from the same inputs and parameters.
 
-    Otherwise an existing ``out`` is refused unless ``overwrite`` (one clear DataError); the
-    callers then rebuild it atomically. Shared by the fMRI and sEEG prepare steps.
+    ``read_meta(out)`` returns the stored metadata (with its ``fingerprint``) or None when ``out``
+    is not one of ours. Otherwise an existing ``out`` is refused unless ``overwrite`` (one clear
+    DataError naming ``field``); the callers then rebuild it atomically. Shared by the fMRI and
+    sEEG prepare steps and the embedding caches.
     """
     if not out.exists():
         return False
+    meta = read_meta(out)
+    if meta is not None and meta.get("fingerprint") == fingerprint:
+        return True
+    if not overwrite:
+        what = f"was {made} from other inputs or parameters" if meta else f"exists and {foreign}"
+        raise DataError(f"{out}: {what}; fix: pass overwrite=True to replace it or choose another {field}")
+    return False
+
+
+def _read_manifest(out: Path) -> dict | None:
+    try:
+        return json.loads((out / "manifest.json").read_text())
+    except Exception:
+        return None
+
+
+def prepared_is_current(out: Path, fingerprint: str, overwrite: bool) -> bool:
+    """:func:`output_is_current` for a prepared dataset folder (its ``manifest.json``)."""
+    return output_is_current(out, fingerprint, overwrite, _read_manifest)
     try:
         old = json.loads((out / "manifest.json").read_text())
     except Exception:

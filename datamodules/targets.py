@@ -51,7 +51,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ._io import DataError, NpyRowWriter, _fmt_list, read_tsv
+from ._io import DataError, NpyRowWriter, _fmt_list, output_is_current, read_tsv
 
 __all__ = [
     "embed_images",
@@ -371,8 +371,8 @@ def _fingerprint(files: Sequence[Path], params: dict, model_config: str | None) 
 
 
 def _up_to_date(out: Path, fp: str, overwrite: bool) -> bool:
-    if not out.exists():
-        return False
+    return output_is_current(out, fp, overwrite, _read_meta, made="computed", foreign="was not written by litbrain",
+                             field="out")
     meta = _read_meta(out)
     if meta is not None and meta.get("fingerprint") == fp:
         return True

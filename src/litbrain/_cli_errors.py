@@ -63,6 +63,18 @@ class ConciseLightningArgumentParser(_ConciseErrors, LightningArgumentParser):
     pass
 
 
+def known_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input: the CLI and the benchmark scripts print them in one line."""
+    from litbrain.datamodules import DataError
+    from litbrain.hub import ReleaseError
+    from litbrain.tasks import SubjectMismatchError
+    from litbrain.tasks.seeg_decoding import StageConfigError
+    from litbrain.training_cli import HardwareError
+    from litbrain.zero import DependencyError
+
+    return (DataError, ReleaseError, SubjectMismatchError, StageConfigError, HardwareError, DependencyError)
+
+
 def run_with_default_config(fn, argv: list[str] | None, default_config, prog: str):
     """``jsonargparse.auto_cli(fn)`` with concise errors; ``default_config`` is used when no --config is given.
 
@@ -80,10 +92,8 @@ def run_with_default_config(fn, argv: list[str] | None, default_config, prog: st
     if not config_files(args) and not any(a in ("-h", "--help") for a in args) and Path(default_config).is_file():
         args = ["--config", str(default_config), *args]
     CONFIG_FILES[:] = config_files(args)
-    from litbrain.cli import _known_errors
-
     try:
         return auto_cli(fn, args=args, as_positional=False, parser_class=ConciseArgumentParser, prog=prog)
-    except _known_errors() as err:  # bad input: one line naming the file/field and the fix, no traceback
+    except known_errors() as err:  # bad input: one line naming the file/field and the fix, no traceback
         print(f"{prog}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

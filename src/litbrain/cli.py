@@ -73,17 +73,6 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def _known_errors() -> tuple[type[BaseException], ...]:
-    from litbrain.datamodules import DataError
-    from litbrain.hub import ReleaseError
-    from litbrain.tasks import SubjectMismatchError
-    from litbrain.tasks.seeg_decoding import StageConfigError
-    from litbrain.training_cli import HardwareError
-    from litbrain.zero import DependencyError
-
-    return (DataError, ReleaseError, SubjectMismatchError, StageConfigError, HardwareError, DependencyError)
-
-
 def _fail(verb: str, err: BaseException) -> None:
     print(f"litbrain {verb}: error: {err}", file=sys.stderr)
     raise SystemExit(2)
@@ -128,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
             result = auto_cli(fn, args=rest, as_positional=False, parser_class=ConciseArgumentParser, prog=f"litbrain {verb}")
             if isinstance(result, (str, Path)):
                 print(result)
-    except _known_errors() as err:
+    except _cli_errors.known_errors() as err:
         _fail(verb, err)
 
 

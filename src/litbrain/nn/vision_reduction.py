@@ -47,7 +47,7 @@ class VisionTokens:
     size: Tensor
     key: Tensor
     cls: Tensor
-    centre: Tensor | None = None
+    centre: Tensor
 
 
 def grid_coords(grid_hw: tuple[int, int], device=None, dtype=torch.float32) -> Tensor:
