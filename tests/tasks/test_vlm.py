@@ -160,3 +160,49 @@ def test_vision_pos_adds_the_sincos_of_each_tokens_centre(dm, batch):
     assert not torch.equal(pos(batch)["loss"], plain(batch)["loss"])
     with pytest.raises(ValueError, match="vision_pos='rope'"):
         VisionLanguageModel(build_vision_encoder(VISION), lm, tok.bos_id, tok.eos_id, tok.pad_id, vision_pos="rope")
+
+
+def _rope_model(dm, vision_rope):
+    torch.manual_seed(0)
+    tok = dm.tokenizer
+    lm = build_causal_lm({**LM, "vocab_size": dm.vocab_size}, "eager")
+    return VisionLanguageModel(build_vision_encoder(VISION), lm, tok.bos_id, tok.eos_id, tok.pad_id,
+                               vision_rope=vision_rope).eval()
+
+
+def test_grid_rope_keeps_each_tokens_patch_position_through_merges(dm, batch):
+    """vision_rope=grid: a vision token's rotary id is 1 + its patch centre's raster index (a merged
+    3x3 window: its middle patch), the question starts at 1 + 81 whatever was merged, and dense
+    inputs are the same as with consecutive ids (so dense outputs do not change)."""
+    grid, packed = _rope_model(dm, "grid"), _rope_model(dm, "packed")
+    packed.load_state_dict(grid.state_dict())
+    with torch.no_grad():
+        _, g = grid.lm_inputs(batch, with_answer=True)
+        _, p = packed.lm_inputs(batch, with_answer=True)
+        for f in ("embeds", "attention_mask", "kind", "key", "targets"):
+            assert torch.equal(getattr(g, f), getattr(p, f)), f
+        real = g.attention_mask.bool()
+        assert torch.equal(g.position_ids[real], p.position_ids[real])  # padding ids do not matter
+        assert torch.equal(grid(batch)["logits"], packed(batch)["logits"])
+
+        cfg = DroppingConfig("mustdrop", stages=[1], keep=0.25)  # 81 -> <= 20: windows merge
+        vt, g = grid.lm_inputs(batch, cfg, left_pad=True)
+        _, p = packed.lm_inputs(batch, cfg, left_pad=True)
+    n_q = batch["question_mask"].sum(1)
+    for b in range(batch["image"].shape[0]):
+        vis = g.kind[b] == 2
+        ids = g.position_ids[b][vis]
+        r, c = vt.centre[b][vt.mask[b]].unbind(-1)
+        assert sorted(ids.tolist()) == sorted((1 + 9 * r.round().long() + c.round().long()).tolist())
+        assert torch.all(ids[1:] > ids[:-1])  # raster order, one token per patch centre
+        merged = vt.size[b][vt.mask[b]] == 9
+        assert merged.any()
+        rc = vt.centre[b][vt.mask[b]][merged]
+        assert torch.equal(rc, rc.round()) and torch.all(rc % 3 == 1)  # a window's middle patch
+        text = g.position_ids[b][(g.kind[b] == 1) & g.attention_mask[b].bool()]
+        assert text[0] == 0 and text[1:].tolist() == list(range(82, 82 + int(n_q[b])))
+        # packed: consecutive ids, so the question moves up by the merged tokens
+        ptext = p.position_ids[b][(p.kind[b] == 1) & p.attention_mask[b].bool()]
+        assert ptext[1] == 1 + int(vis.sum()) < 82
+    with pytest.raises(ValueError, match="vision_rope='rows'"):
+        _rope_model(dm, "rows")

@@ -70,11 +70,11 @@ def _evaluate(model, batches, cfg) -> dict[str, float]:
         into_lm.append(pre.vision_per_layer[0].float().mean())
     b = batches[0]
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        vt, vis = model.encode_images(b["image"], cfg)
-        emb, am, kind, key, _ = model.build_inputs(vis, vt.mask, vt.key, b["question"], b["question_mask"], left_pad=True)
+        _, inp = model.lm_inputs(b, cfg, left_pad=True)
         from litbrain.nn.lm_dropping import prefill
 
-        prefill(model.lm, emb, am, kind, key, policy=cfg.policy(model.n_patches), logits_mode="last")
+        prefill(model.lm, inp.embeds, inp.attention_mask, inp.kind, inp.key, position_ids=inp.position_ids,
+                policy=cfg.policy(model.n_patches), logits_mode="last")
     return {"acc": correct / max(n, 1), "tokens_into_lm": float(torch.stack(into_lm).mean()),
             "tokens_per_layer": float(torch.stack(per_layer).mean()), "gflops": fc.get_total_flops() / b["image"].shape[0] / 1e9}
 
@@ -90,13 +90,12 @@ def _latency(model, batch, cfg, new_tokens: int, reps: int) -> dict[str, float]:
     with torch.no_grad():
         for _ in range(reps):
             t0 = time.perf_counter()
-            vt, vis = model.encode_images(batch["image"], cfg)
-            emb, am, kind, key, _ = model.build_inputs(vis, vt.mask, vt.key, batch["question"], batch["question_mask"],
-                                                       left_pad=True)
-            out = prefill(model.lm, emb, am, kind, key, policy=pol, use_cache=True, logits_mode="last")
+            _, inp = model.lm_inputs(batch, cfg, left_pad=True)
+            out = prefill(model.lm, inp.embeds, inp.attention_mask, inp.kind, inp.key, position_ids=inp.position_ids,
+                          policy=pol, use_cache=True, logits_mode="last")
             nxt = out.logits.argmax(-1)
             t1 = time.perf_counter()
-            pos, L = out.next_position, emb.shape[1]
+            pos, L = out.next_position, inp.embeds.shape[1]
             for t in range(new_tokens):
                 nxt = decode_step(model.lm, out.cache, nxt, pos + t, L + t).argmax(-1)
             t2 = time.perf_counter()

@@ -545,13 +545,16 @@ def generate(
     max_new_tokens: int = 4,
     eos_token_id: int | None = None,
     pad_token_id: int = 0,
+    position_ids: Tensor | None = None,
 ) -> tuple[Tensor, PrefillOutput]:
     """Greedy decoding with dropping in prefill (stage 2) and a compact cache (stage 3).
 
-    Prompts should be LEFT-padded. Returns generated ids (B, T) (``pad_token_id`` after EOS)
+    Prompts should be LEFT-padded; ``position_ids`` as in :func:`prefill` (decoding continues
+    from the largest one). Returns generated ids (B, T) (``pad_token_id`` after EOS)
     and the prefill output (its ``cache`` is the cache after decoding).
     """
-    out = prefill(lm, inputs_embeds, attention_mask, kind, key, policy=policy, use_cache=True, logits_mode="last")
+    out = prefill(lm, inputs_embeds, attention_mask, kind, key, position_ids=position_ids, policy=policy, use_cache=True,
+                  logits_mode="last")
     nxt = out.logits.argmax(-1)
     tokens = [nxt]
     done = nxt == eos_token_id if eos_token_id is not None else torch.zeros_like(nxt, dtype=torch.bool)

@@ -295,6 +295,11 @@ class VisionTokenReducer(nn.Module):
         gh, gw = self._ops.default_grid
         return gh * gw
 
+    def grid(self, images: Tensor) -> tuple[int, int]:
+        """(rows, columns) of the patch grid of ``images``."""
+        ph, pw = self._ops.patch_size
+        return images.shape[-2] // ph, images.shape[-1] // pw
+
     @property
     def family(self) -> str:
         """"timm" or "open_clip"."""
@@ -303,7 +308,7 @@ class VisionTokenReducer(nn.Module):
     def forward(self, images: Tensor) -> VisionTokens:
         ops = self._ops
         x = ops.embed(images)
-        grid = (images.shape[-2] // ops.patch_size[0], images.shape[-1] // ops.patch_size[1])
+        grid = self.grid(images)
         n_patch = x.shape[1] - ops.num_prefix
         if self.method == "mustdrop" and n_patch != grid[0] * grid[1]:
             raise ValueError(

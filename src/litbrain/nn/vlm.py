@@ -24,8 +24,8 @@ from torch import Tensor, nn
 
 from litbrain.nn.lm_dropping import KIND_PAD, KIND_TEXT, KIND_VISION, DropPolicy, check_lm, generate, prefill, scatter_to_full
 
-__all__ = ["DroppingConfig", "VisionLanguageModel", "build_vision_encoder", "build_causal_lm", "MlpProjector", "sincos_2d",
-           "sincos_position"]
+__all__ = ["DroppingConfig", "VisionLanguageModel", "LmInputs", "build_vision_encoder", "build_causal_lm", "MlpProjector",
+           "sincos_2d", "sincos_position", "grid_positions"]
 
 Method = Literal["none", "tome", "fastv", "mustdrop"]
 
@@ -198,6 +198,33 @@ def build_causal_lm(lm: str | dict[str, Any], attn_implementation: str = "eager"
     return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
 
 
+def grid_positions(centre: Tensor, grid_w: int) -> Tensor:
+    """Raster index ``round(row) * grid_w + round(col)`` of each vision token's patch centre, ``(B, N)`` long.
+
+    A dense token gets its own patch's index; a merged token (MustDrop window, ToMe group) the
+    patch nearest its size-weighted mean position, e.g. a 3x3 window its middle patch.
+    """
+    rc = centre.round().long()
+    return rc[..., 0] * int(grid_w) + rc[..., 1]
+
+
+@dataclass
+class LmInputs:
+    """One batch of LM inputs built by :meth:`VisionLanguageModel.build_inputs`.
+
+    ``embeds (B, L, D)``, ``attention_mask (B, L)``, ``kind (B, L)``, ``key (B, L)``,
+    ``targets (B, L)`` (``targets[p]`` = id of token ``p + 1`` where that is an answer token,
+    else -100) and ``position_ids (B, L)`` (rotary ids; 0 on padding).
+    """
+
+    embeds: Tensor
+    attention_mask: Tensor
+    kind: Tensor
+    key: Tensor
+    targets: Tensor
+    position_ids: Tensor
+
+
 class MlpProjector(nn.Sequential):
     """LLaVA-1.5's projector: Linear -> GELU -> Linear."""
 
@@ -218,11 +245,18 @@ class VisionLanguageModel(nn.Module):
         vision_pos: ``"sincos"`` adds :func:`sincos_position` of each vision token's patch centre
             to the projected tokens (merged tokens: their patches' mean position), so the LM can
             look a named region up by content; None adds nothing (the LM sees order only).
+        vision_rope: rotary positions of the vision tokens in the LM. ``"grid"`` (default): each
+            token's position is its patch centre's raster index (:func:`grid_positions`; merged
+            tokens: their middle patch) and the question starts after the full grid, so merging or
+            dropping never shifts a surviving token's position; FastV and MustDrop stage 2 keep
+            positions the same way inside the LM. A densely trained LM then still finds a board
+            region where it learned to look. ``"packed"``: consecutive positions (0, 1, 2, ... over
+            the tokens present), so a merge shifts everything after it.
     """
 
     def __init__(self, vit: nn.Module, lm: nn.Module, bos_id: int, eos_id: int, pad_id: int,
                  dropping: DroppingConfig | None = None, projector_hidden: int | None = None,
-                 vision_pos: str | None = None):
+                 vision_pos: str | None = None, vision_rope: str = "grid"):
         super().__init__()
         from litbrain.nn.vision_reduction import VisionTokenReducer
 
@@ -239,6 +273,9 @@ class VisionLanguageModel(nn.Module):
             raise ValueError(f"vision_pos=sincos needs an LM width divisible by 4, got {lm.config.hidden_size}; "
                              "fix: change the LM width or set vision_pos null")
         self.vision_pos = vision_pos
+        if vision_rope not in ("grid", "packed"):
+            raise ValueError(f"vision_rope={vision_rope!r}: unknown; fix: 'grid' (patch-centre positions) or 'packed'")
+        self.vision_rope = vision_rope
         self._reducers: dict[tuple, nn.Module] = {}
         self.dropping = dropping or DroppingConfig()
 
@@ -276,11 +313,13 @@ class VisionLanguageModel(nn.Module):
         return vt, vis
 
     def build_inputs(self, vis: Tensor, vis_mask: Tensor, vis_key: Tensor, question: Tensor, question_mask: Tensor,
-                     answer: Tensor | None = None, answer_mask: Tensor | None = None, left_pad: bool = False):
+                     answer: Tensor | None = None, answer_mask: Tensor | None = None, left_pad: bool = False,
+                     vis_pos: Tensor | None = None, n_grid: int | None = None) -> LmInputs:
         """Per-sample ``<bos> vision question (answer)`` sequences, padded into a batch.
 
-        Returns ``embeds (B, L, D), attention_mask (B, L), kind (B, L), key (B, L), targets (B, L)``
-        (``targets[p]`` = id of token ``p + 1`` where that is an answer token, else -100).
+        ``vis_pos`` (B, N) long (:func:`grid_positions`) with ``n_grid`` patches in the full grid:
+        vision tokens are put in raster order of ``vis_pos`` and get rotary id ``1 + vis_pos``, the
+        text after them ids from ``1 + n_grid`` on (``vision_rope="grid"``); ``None``: consecutive ids.
         """
         emb = self.lm.get_input_embeddings()
         B = vis.shape[0]
@@ -288,14 +327,23 @@ class VisionLanguageModel(nn.Module):
         bos = emb(torch.full((1,), self.bos_id, device=dev, dtype=torch.long))
         q_emb = emb(question)
         a_emb = emb(answer) if answer is not None else None
-        rows, kinds, keys, tgts = [], [], [], []
+        rows, kinds, keys, tgts, poss = [], [], [], [], []
         for b in range(B):
-            v = vis[b][vis_mask[b]]
+            v, vk = vis[b][vis_mask[b]], vis_key[b][vis_mask[b]]
             q = q_emb[b][question_mask[b]]
+            if vis_pos is not None:
+                vp, perm = torch.sort(vis_pos[b][vis_mask[b]], stable=True)
+                v, vk = v[perm], vk[perm]
+                text_start = 1 + int(n_grid if n_grid is not None else self.n_patches)
+                pos = [0] + (1 + vp).tolist()
+            else:
+                text_start = 1 + v.shape[0]
+                pos = list(range(text_start))
             parts = [bos, v, q]
             kind = [KIND_TEXT] + [KIND_VISION] * v.shape[0] + [KIND_TEXT] * q.shape[0]
-            key = [False] + vis_key[b][vis_mask[b]].tolist() + [False] * q.shape[0]
+            key = [False] + vk.tolist() + [False] * q.shape[0]
             tgt = [-100] * len(kind)
+            n_text = q.shape[0]
             if a_emb is not None:
                 ids = answer[b][answer_mask[b]]  # type: ignore[index]
                 parts.append(a_emb[b][answer_mask[b]])  # type: ignore[index]
@@ -303,10 +351,13 @@ class VisionLanguageModel(nn.Module):
                 tgt += ids[1:].tolist() + [-100]
                 kind += [KIND_TEXT] * ids.shape[0]
                 key += [False] * ids.shape[0]
+                n_text += ids.shape[0]
+            pos += list(range(text_start, text_start + n_text))
             rows.append(torch.cat(parts, 0))
             kinds.append(kind)
             keys.append(key)
             tgts.append(tgt)
+            poss.append(pos)
         L = max(r.shape[0] for r in rows)
         D = rows[0].shape[1]
         embeds = rows[0].new_zeros(B, L, D)
@@ -314,6 +365,7 @@ class VisionLanguageModel(nn.Module):
         kind_t = torch.full((B, L), KIND_PAD, dtype=torch.long, device=dev)
         key_t = torch.zeros(B, L, dtype=torch.bool, device=dev)
         tgt_t = torch.full((B, L), -100, dtype=torch.long, device=dev)
+        pos_t = torch.zeros(B, L, dtype=torch.long, device=dev)
         for b, r in enumerate(rows):
             n = r.shape[0]
             sl = slice(L - n, L) if left_pad else slice(0, n)
@@ -322,17 +374,32 @@ class VisionLanguageModel(nn.Module):
             kind_t[b, sl] = torch.tensor(kinds[b], device=dev)
             key_t[b, sl] = torch.tensor(keys[b], device=dev, dtype=torch.bool)
             tgt_t[b, sl] = torch.tensor(tgts[b], device=dev)
-        return embeds, am, kind_t, key_t, tgt_t
+            pos_t[b, sl] = torch.tensor(poss[b], device=dev)
+        return LmInputs(embeds, am, kind_t, key_t, tgt_t, pos_t)
+
+    def lm_inputs(self, batch: dict[str, Tensor], cfg: DroppingConfig | None = None, with_answer: bool = False,
+                  left_pad: bool = False):
+        """Encode ``batch["image"]`` under ``cfg`` and build the LM inputs: ``(VisionTokens, LmInputs)``."""
+        images = batch["image"]
+        vt, vis = self.encode_images(images, cfg)
+        vis_pos = n_grid = None
+        if self.vision_rope == "grid":
+            gh, gw = self.reducer(cfg).grid(images)
+            vis_pos, n_grid = grid_positions(vt.centre, gw), gh * gw
+        inp = self.build_inputs(vis, vt.mask, vt.key, batch["question"], batch["question_mask"],
+                                batch["answer"] if with_answer else None, batch["answer_mask"] if with_answer else None,
+                                left_pad=left_pad, vis_pos=vis_pos, n_grid=n_grid)
+        return vt, inp
 
     # ------------------------------------------------------------------------- passes
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Any]:
         """Teacher-forced pass: ``loss`` (mean CE over answer tokens), ``logits`` at answer positions, stats."""
         cfg = self._active()
-        vt, vis = self.encode_images(batch["image"], cfg)
-        embeds, am, kind, key, tgt = self.build_inputs(vis, vt.mask, vt.key, batch["question"], batch["question_mask"],
-                                                       batch["answer"], batch["answer_mask"])
-        out = prefill(self.lm, embeds, am, kind, key, policy=cfg.policy(self.n_patches), logits_mode="none")
-        hidden = scatter_to_full(out.hidden, out.order, out.valid, embeds.shape[1])  # type: ignore[arg-type]
+        vt, inp = self.lm_inputs(batch, cfg, with_answer=True)
+        out = prefill(self.lm, inp.embeds, inp.attention_mask, inp.kind, inp.key, position_ids=inp.position_ids,
+                      policy=cfg.policy(self.n_patches), logits_mode="none")
+        hidden = scatter_to_full(out.hidden, out.order, out.valid, inp.embeds.shape[1])  # type: ignore[arg-type]
+        tgt = inp.targets
         sel = tgt != -100
         logits = self.lm.lm_head(hidden[sel])
         loss = F.cross_entropy(logits.float(), tgt[sel])
@@ -343,11 +410,10 @@ class VisionLanguageModel(nn.Module):
     def generate(self, batch: dict[str, Tensor], max_new_tokens: int = 3, cfg: DroppingConfig | None = None):
         """Greedy answers (B, T) and the prefill output (token counts, compacted cache)."""
         cfg = cfg or self._dropping
-        vt, vis = self.encode_images(batch["image"], cfg)
-        embeds, am, kind, key, _ = self.build_inputs(vis, vt.mask, vt.key, batch["question"], batch["question_mask"],
-                                                     left_pad=True)
-        return generate(self.lm, embeds, am, kind, key, policy=cfg.policy(self.n_patches),
-                        max_new_tokens=max_new_tokens, eos_token_id=self.eos_id, pad_token_id=self.pad_id)
+        _, inp = self.lm_inputs(batch, cfg, left_pad=True)
+        return generate(self.lm, inp.embeds, inp.attention_mask, inp.kind, inp.key, policy=cfg.policy(self.n_patches),
+                        max_new_tokens=max_new_tokens, eos_token_id=self.eos_id, pad_token_id=self.pad_id,
+                        position_ids=inp.position_ids)
 
     def answer_correct(self, generated: Tensor, answer: Tensor, answer_mask: Tensor) -> Tensor:
         """(B,) bool: the generated words up to <eos> equal the answer words (and <eos> follows)."""

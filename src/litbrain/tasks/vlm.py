@@ -46,6 +46,8 @@ class VisionLanguageTask(L.LightningModule):
         projector_hidden: hidden width of the projector (default: the LM width).
         vision_pos: ``"sincos"``: add a 2-D sine-cosine embedding of each vision token's patch centre
             to the projected tokens (see :class:`~litbrain.nn.vlm.VisionLanguageModel`).
+        vision_rope: ``"grid"`` (default): vision tokens keep their patch centre's position in the LM,
+            so merging never shifts positions; ``"packed"``: consecutive positions.
         bos_id / eos_id / pad_id: special token ids (default: from the datamodule's tokenizer).
         vision_init_from: a :class:`~litbrain.tasks.scene_pretrain.ScenePretrainTask` checkpoint whose
             tower weights start ``vision`` (LLaVA starts from a pretrained CLIP tower; this is the
@@ -63,6 +65,7 @@ class VisionLanguageTask(L.LightningModule):
         dropping: dict[str, Any] | None = None,
         projector_hidden: int | None = None,
         vision_pos: str | None = None,
+        vision_rope: str = "grid",
         bos_id: int | None = None,
         eos_id: int | None = None,
         pad_id: int | None = None,
@@ -124,7 +127,8 @@ class VisionLanguageTask(L.LightningModule):
 
             load_pretrained_vision(vit, h.vision_init_from)
         model = VisionLanguageModel(vit, lm, dropping=self.dropping_config, projector_hidden=h.projector_hidden,
-                                    vision_pos=h.get("vision_pos"), **ids)
+                                    vision_pos=h.get("vision_pos"),
+                                    vision_rope=h.get("vision_rope", "grid"), **ids)
         if h.freeze_vision:
             model.vit.requires_grad_(False)
         if h.freeze_lm:
