@@ -42,7 +42,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def _setting(name: str, keep: float, stage1_keep: float, lm_layers: list[int], extra: dict[str, Any]):
+def _setting(name: str, keep: float, stage1_keep: float | None, lm_layers: list[int], extra: dict[str, Any]):
     from litbrain.nn.vlm import DroppingConfig
 
     kw = dict(SETTINGS[name])
@@ -129,7 +129,7 @@ def bench_vlm_dropping(
     lm: dict[str, Any],
     data: dict[str, Any],
     keep: float = 0.25,
-    stage1_keep: float = 0.5,
+    stage1_keep: float | None = None,
     lm_layers: list[int] | None = None,
     mustdrop: dict[str, Any] | None = None,
     train_steps: int = 1500,
@@ -149,7 +149,7 @@ def bench_vlm_dropping(
         vision / lm: the task's ``vision`` spec and LM config dict (tiny, random init).
         data: :class:`~litbrain.datamodules.VqaDataModule` arguments.
         keep: final vision-token budget for every method (fraction of the patches).
-        stage1_keep: MustDrop stage-1 budget when stage 2 follows.
+        stage1_keep: MustDrop stage-1 budget when stage 2 follows (None: the merge threshold alone decides).
         lm_layers: LM layers after which FastV / MustDrop stage 2 drop (0-based).
         mustdrop: extra :class:`~litbrain.nn.vlm.DroppingConfig` fields for the MustDrop rows.
         train_steps: optimiser steps of each of the two trainings.
