@@ -12,6 +12,7 @@ from litbrain.nn.lm_dropping import (
     AttentionWeightsUnavailableError,
     DropPolicy,
     UnsupportedLMError,
+    decode_step,
     generate,
     prefill,
     scatter_to_full,
@@ -124,6 +125,44 @@ def _decode_logits(lm, emb, am, kind, key, policy, T):
     finally:
         D.decode_step = real
     return toks, out, steps
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_proportional_attention_weighs_a_merged_token_as_its_copies(attn):
+    """A vision token of size 3 with ``size`` given == the same token present 3 times (same rotary id).
+
+    Exact in a 1-layer LM: the text queries see 3 identical keys/values there, and softmax over
+    ``k`` equal logits is one logit ``+ log k``. Checked for the prefill logits and one decoding
+    step on the cache, with left padding; without ``size`` the merged sequence differs.
+    """
+    lm = _lm(attn=attn, layers=1)
+    g = torch.Generator().manual_seed(3)
+    D, copies, pad = 32, 3, 2
+    vis, text, bos = torch.randn(5, D, generator=g), torch.randn(4, D, generator=g), torch.randn(1, D, generator=g)
+
+    def seq(rep):  # [pad pad] <bos> v0 v1 v2*rep v3 v4 text (left-padded, as in generation); copies share v2's id
+        e = torch.cat([torch.zeros(pad, D), bos, vis[:2], vis[2:3].expand(rep, -1), vis[3:], text])[None]
+        pos = [0] * pad + [0, 1, 2] + [3] * rep + [4, 5] + [6, 7, 8, 9]
+        kind = [KIND_PAD] * pad + [KIND_TEXT] + [KIND_VISION] * (4 + rep) + [KIND_TEXT] * 4
+        size = [1.0] * (pad + 3) + [float(copies) if rep == 1 else 1.0] * rep + [1.0] * 6
+        am = torch.tensor([[0] * pad + [1] * (e.shape[1] - pad)])
+        return e, am, torch.tensor([kind]), torch.tensor([pos]), torch.tensor([size])
+
+    e_d, am_d, k_d, p_d, _ = seq(copies)
+    e_m, am_m, k_m, p_m, s_m = seq(1)
+    nxt = torch.tensor([7])
+    with torch.no_grad():
+        dense = prefill(lm, e_d, am_d, k_d, position_ids=p_d, use_cache=True, logits_mode="last")
+        merged = prefill(lm, e_m, am_m, k_m, position_ids=p_m, use_cache=True, logits_mode="last", size=s_m)
+        plain = prefill(lm, e_m, am_m, k_m, position_ids=p_m, use_cache=True, logits_mode="last")
+        ones = prefill(lm, e_m, am_m, k_m, position_ids=p_m, logits_mode="last", size=torch.ones_like(s_m))
+        steps = {name: decode_step(lm, out.cache, nxt, out.next_position, e.shape[1])
+                 for name, out, e in (("dense", dense, e_d), ("merged", merged, e_m), ("plain", plain, e_m))}
+    assert torch.equal(ones.logits, plain.logits)  # all sizes 1: untouched, bit for bit
+    for got, want, other in ((merged.logits, dense.logits, plain.logits), (steps["merged"], steps["dense"], steps["plain"])):
+        err = (got - want).abs().max()
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        assert (other - want).abs().max() > 50 * err  # without size the merged token is under-weighted
 
 
 def test_stage2_drops_and_compact_cache_decoding_equals_replayed_prefill():

@@ -74,7 +74,7 @@ def _evaluate(model, batches, cfg) -> dict[str, float]:
         from litbrain.nn.lm_dropping import prefill
 
         prefill(model.lm, inp.embeds, inp.attention_mask, inp.kind, inp.key, position_ids=inp.position_ids,
-                policy=cfg.policy(model.n_patches), logits_mode="last")
+                policy=cfg.policy(model.n_patches), logits_mode="last", size=inp.size)
     return {"acc": correct / max(n, 1), "tokens_into_lm": float(torch.stack(into_lm).mean()),
             "tokens_per_layer": float(torch.stack(per_layer).mean()), "gflops": fc.get_total_flops() / b["image"].shape[0] / 1e9}
 
@@ -92,7 +92,7 @@ def _latency(model, batch, cfg, new_tokens: int, reps: int) -> dict[str, float]:
             t0 = time.perf_counter()
             _, inp = model.lm_inputs(batch, cfg, left_pad=True)
             out = prefill(model.lm, inp.embeds, inp.attention_mask, inp.kind, inp.key, position_ids=inp.position_ids,
-                          policy=pol, use_cache=True, logits_mode="last")
+                          policy=pol, use_cache=True, logits_mode="last", size=inp.size)
             nxt = out.logits.argmax(-1)
             t1 = time.perf_counter()
             pos, L = out.next_position, inp.embeds.shape[1]

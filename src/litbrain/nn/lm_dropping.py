@@ -32,6 +32,11 @@ Exactness: with ``method="none"`` (or thresholds that drop nothing) every layer 
 tensors ``LlamaModel.forward`` would give it (the mask is HF's own ``create_causal_mask``), so
 logits equal the dense model's bit for bit.
 
+Merged vision tokens (ToMe, MustDrop stage 1) can bring their ``size`` (patches they stand for):
+every layer then adds ``log(size)`` to their attention logits, in prefill and in decoding
+(ToMe's proportional attention, carried into the LM), so the softmax weighs a merged token as its
+copies would have been weighed in the dense model.
+
 Scores need attention weights, which only ``attn_implementation="eager"`` returns;
 other implementations raise :class:`AttentionWeightsUnavailableError` when weights are needed.
 Sliding-window attention is applied in prefill (HF's mask) but not during compact decoding.
@@ -178,6 +183,7 @@ class _Seq:
     valid: Tensor  # (B, L) bool: a token (text, vision or original padding) and not filler
     pos: Tensor  # (B, L) long: rotary position id
     attn: Tensor  # (B, L) bool: True where the original attention_mask was 1 and not filler
+    bias: Tensor | None = None  # (B, L) float: log(size) added to the token's attention logits (None = 0)
 
     def take(self, idx: Tensor, filler: Tensor) -> "_Seq":
         def g(x: Tensor) -> Tensor:
@@ -189,11 +195,19 @@ class _Seq:
             hidden=g(self.hidden), cos=g(self.cos), sin=g(self.sin), order=g(self.order),
             kind=g(self.kind).masked_fill(filler, KIND_PAD), key=g(self.key) & ~filler,
             valid=g(self.valid) & ~filler, pos=g(self.pos), attn=g(self.attn) & ~filler,
+            bias=None if self.bias is None else g(self.bias),
         )
 
 
 def _mask_fill_value(mask: Tensor) -> object:
     return False if mask.dtype == torch.bool else torch.finfo(mask.dtype).min
+
+
+def _with_bias(mask: Tensor, bias: Tensor, dtype: torch.dtype) -> Tensor:
+    """``mask`` (B|1, 1, Q, K) as an additive float mask plus ``bias`` (B, K) on every key column."""
+    if mask.dtype == torch.bool:
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    return mask + bias[:, None, None, :].to(mask.dtype)  # bias >= 0: masked entries stay at ~finfo.min
 
 
 def _gather_mask(base: Tensor, seq: _Seq) -> Tensor:
@@ -222,6 +236,7 @@ class CompactKVCache:
         self.kind: list[Tensor | None] = [None] * n_layers
         self.key: list[Tensor | None] = [None] * n_layers
         self.valid: list[Tensor | None] = [None] * n_layers
+        self.bias: list[Tensor | None] = [None] * n_layers  # log(size) per slot (None: no merged tokens)
         self.is_compileable = False
 
     def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args, **kwargs) -> tuple[Tensor, Tensor]:
@@ -236,14 +251,18 @@ class CompactKVCache:
         k = self.keys[layer_idx]
         return 0 if k is None else int(k.shape[-2])
 
-    def _append_meta(self, i: int, order: Tensor, kind: Tensor, key: Tensor, valid: Tensor) -> None:
+    def _append_meta(self, i: int, order: Tensor, kind: Tensor, key: Tensor, valid: Tensor,
+                     bias: Tensor | None = None) -> None:
         if self.order[i] is None:
-            self.order[i], self.kind[i], self.key[i], self.valid[i] = order, kind, key, valid
+            self.order[i], self.kind[i], self.key[i], self.valid[i], self.bias[i] = order, kind, key, valid, bias
         else:
             self.order[i] = torch.cat([self.order[i], order], 1)
             self.kind[i] = torch.cat([self.kind[i], kind], 1)
             self.key[i] = torch.cat([self.key[i], key], 1)
             self.valid[i] = torch.cat([self.valid[i], valid], 1)
+            if self.bias[i] is not None:  # new (text) slots stand for one token each: log 1 = 0
+                self.bias[i] = torch.cat([self.bias[i], torch.zeros(order.shape, dtype=self.bias[i].dtype,
+                                                                    device=order.device) if bias is None else bias], 1)
 
     def compact(self, i: int, keep: Tensor) -> None:
         """Keep only the slots ``keep`` (B, K) of layer ``i`` (per sample; re-padded)."""
@@ -261,6 +280,8 @@ class CompactKVCache:
         self.kind[i] = torch.gather(self.kind[i], 1, idx).masked_fill(filler, KIND_PAD)
         self.key[i] = torch.gather(self.key[i], 1, idx) & ~filler
         self.valid[i] = torch.gather(self.valid[i], 1, idx) & ~filler
+        if self.bias[i] is not None:
+            self.bias[i] = torch.gather(self.bias[i], 1, idx)
 
     def vision_counts(self) -> list[Tensor]:
         """Per layer, per sample: cached vision tokens."""
@@ -410,6 +431,7 @@ def prefill(
     forced_keep: dict[int, Tensor] | None = None,
     mask_fn: Callable[[int, Tensor, Tensor, Tensor], Tensor] | None = None,
     logits_mode: Literal["all", "last", "none"] = "all",
+    size: Tensor | None = None,
 ) -> PrefillOutput:
     """Run ``lm`` on ``inputs_embeds`` (B, L, D), dropping vision tokens per ``policy``.
 
@@ -423,6 +445,11 @@ def prefill(
         mask_fn: ``mask_fn(layer, mask, order, valid) -> mask`` edits a layer's attention mask
             (B, 1, L', L') before it runs (tests use it to build references).
         logits_mode: ``all`` (B, L', V), ``last`` (B, V) at the last real token, ``none``.
+        size: (B, L) how many original tokens each token stands for (a merged vision token: its
+            patches; text: 1). Its attention logits get ``+ log(size)`` in every layer, in prefill
+            and decoding: ToMe's proportional attention, so a merged token weighs in the softmax as
+            its ``size`` copies would and a densely trained LM keeps its attention mass. ``None``
+            (or all ones) = plain attention, bit for bit.
     """
     policy = policy or DropPolicy()
     check_lm(lm, need_weights=policy.needs_weights() and not (forced_keep is not None and not policy.stage3))
@@ -439,8 +466,12 @@ def prefill(
     base = _base_masks(lm, inputs_embeds, attention_mask, position_ids)
     cos, sin = model.rotary_emb(inputs_embeds, position_ids)
     order = torch.arange(L, device=dev)[None].expand(B, L)
+    bias = None
+    if size is not None and bool((size.to(dev)[attention_mask.bool()] != 1).any()):
+        bias = size.to(dev).float().clamp(min=1).log()  # padding: 0 (its column is masked anyway)
     seq = _Seq(hidden=inputs_embeds, cos=cos, sin=sin, order=order, kind=kind.to(dev).long(), key=key,
-               valid=torch.ones(B, L, dtype=torch.bool, device=dev), pos=position_ids, attn=attention_mask.bool())
+               valid=torch.ones(B, L, dtype=torch.bool, device=dev), pos=position_ids, attn=attention_mask.bool(),
+               bias=bias)
     masks: dict[str, Tensor | None] = dict(base)
     full_masks: dict[str, Tensor] = {}
     cache = CompactKVCache(n_layers) if use_cache else None
@@ -453,17 +484,19 @@ def prefill(
     for i, layer in enumerate(model.layers[:n_layers]):
         t = layer_types[i]
         mask = masks[t]
+        if (mask_fn is not None or seq.bias is not None) and not isinstance(mask, Tensor):
+            mask = full_masks.setdefault(t, _materialize(lm, base[t], inputs_embeds, attention_mask, position_ids, t))
+            mask = _gather_mask(mask, seq)
+        if seq.bias is not None:
+            mask = _with_bias(mask, seq.bias, inputs_embeds.dtype)
         if mask_fn is not None:
-            if not isinstance(mask, Tensor):
-                mask = full_masks.setdefault(t, _materialize(lm, base[t], inputs_embeds, attention_mask, position_ids, t))
-                mask = _gather_mask(mask, seq)
             mask = mask_fn(i, mask, seq.order, seq.valid)
         vision_per_layer.append(((seq.kind == KIND_VISION) & seq.valid).sum(1))
         with _capture({i: layer.self_attn} if i in weights_at else {}, store):
             hidden = layer(seq.hidden, attention_mask=mask, position_embeddings=(seq.cos, seq.sin),
                            position_ids=seq.pos, cache=cache, use_cache=cache is not None)
         if cache is not None:
-            cache._append_meta(i, seq.order, seq.kind, seq.key, seq.valid & seq.attn)
+            cache._append_meta(i, seq.order, seq.kind, seq.key, seq.valid & seq.attn, seq.bias)
         seq = replace(seq, hidden=hidden)
         if i in stage3_layers:  # attention of the query that produces the first output token
             a = _weights(store, i, lm)
@@ -525,8 +558,11 @@ def decode_step(lm: nn.Module, cache: CompactKVCache, token_ids: Tensor, positio
     ordr = torch.as_tensor(order, device=dev).expand(B)[:, None].long()
     for i, layer in enumerate(model.layers[:n_layers]):
         allowed = torch.cat([cache.valid[i], one], 1)[:, None, None, :]  # type: ignore[list-item]
-        if impl == "eager":
+        bias = cache.bias[i]
+        if impl == "eager" or bias is not None:
             mask = torch.zeros(allowed.shape, dtype=h.dtype, device=dev).masked_fill(~allowed, torch.finfo(h.dtype).min)
+            if bias is not None:  # proportional attention on the cached merged tokens (see prefill)
+                mask = _with_bias(mask, torch.cat([bias, bias.new_zeros(B, 1)], 1), h.dtype)
         else:
             mask = allowed
         h = layer(h, attention_mask=mask, position_embeddings=(cos, sin), position_ids=pos, cache=cache, use_cache=True)
@@ -546,15 +582,16 @@ def generate(
     eos_token_id: int | None = None,
     pad_token_id: int = 0,
     position_ids: Tensor | None = None,
+    size: Tensor | None = None,
 ) -> tuple[Tensor, PrefillOutput]:
     """Greedy decoding with dropping in prefill (stage 2) and a compact cache (stage 3).
 
     Prompts should be LEFT-padded; ``position_ids`` as in :func:`prefill` (decoding continues
     from the largest one). Returns generated ids (B, T) (``pad_token_id`` after EOS)
-    and the prefill output (its ``cache`` is the cache after decoding).
+    and the prefill output (its ``cache`` is the cache after decoding). ``size``: as in :func:`prefill`.
     """
     out = prefill(lm, inputs_embeds, attention_mask, kind, key, position_ids=position_ids, policy=policy, use_cache=True,
-                  logits_mode="last")
+                  logits_mode="last", size=size)
     nxt = out.logits.argmax(-1)
     tokens = [nxt]
     done = nxt == eos_token_id if eos_token_id is not None else torch.zeros_like(nxt, dtype=torch.bool)

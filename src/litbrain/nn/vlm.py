@@ -47,6 +47,10 @@ class DroppingConfig:
         global_thr / individual_thr: MustDrop stage-2 thresholds.
         output_thr: stage-3 threshold (fraction of uniform attention).
         in_training: apply the dropping in training forward passes too (else only in eval).
+        proportional_attention: a merged vision token (ToMe, MustDrop stage 1) counts ``size`` times
+            in the LM's attention softmax (``+ log size`` on its logits), as ToMe's proportional
+            attention does inside the ViT; a densely trained LM then sees the attention mass of the
+            patches it was trained on. False: each merged token counts once.
     """
 
     method: Method = "none"
@@ -62,6 +66,7 @@ class DroppingConfig:
     individual_thr: float = 0.001
     output_thr: float = 0.1
     in_training: bool = True
+    proportional_attention: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in ("none", "tome", "fastv", "mustdrop"):
@@ -214,7 +219,8 @@ class LmInputs:
 
     ``embeds (B, L, D)``, ``attention_mask (B, L)``, ``kind (B, L)``, ``key (B, L)``,
     ``targets (B, L)`` (``targets[p]`` = id of token ``p + 1`` where that is an answer token,
-    else -100) and ``position_ids (B, L)`` (rotary ids; 0 on padding).
+    else -100), ``position_ids (B, L)`` (rotary ids; 0 on padding) and ``size (B, L)`` (patches a
+    vision token stands for; 1 for text and padding).
     """
 
     embeds: Tensor
@@ -223,6 +229,7 @@ class LmInputs:
     key: Tensor
     targets: Tensor
     position_ids: Tensor
+    size: Tensor
 
 
 class MlpProjector(nn.Sequential):
@@ -314,12 +321,14 @@ class VisionLanguageModel(nn.Module):
 
     def build_inputs(self, vis: Tensor, vis_mask: Tensor, vis_key: Tensor, question: Tensor, question_mask: Tensor,
                      answer: Tensor | None = None, answer_mask: Tensor | None = None, left_pad: bool = False,
-                     vis_pos: Tensor | None = None, n_grid: int | None = None) -> LmInputs:
+                     vis_pos: Tensor | None = None, n_grid: int | None = None,
+                     vis_size: Tensor | None = None) -> LmInputs:
         """Per-sample ``<bos> vision question (answer)`` sequences, padded into a batch.
 
         ``vis_pos`` (B, N) long (:func:`grid_positions`) with ``n_grid`` patches in the full grid:
         vision tokens are put in raster order of ``vis_pos`` and get rotary id ``1 + vis_pos``, the
         text after them ids from ``1 + n_grid`` on (``vision_rope="grid"``); ``None``: consecutive ids.
+        ``vis_size`` (B, N): patches per vision token (``LmInputs.size``; default 1).
         """
         emb = self.lm.get_input_embeddings()
         B = vis.shape[0]
@@ -327,13 +336,15 @@ class VisionLanguageModel(nn.Module):
         bos = emb(torch.full((1,), self.bos_id, device=dev, dtype=torch.long))
         q_emb = emb(question)
         a_emb = emb(answer) if answer is not None else None
-        rows, kinds, keys, tgts, poss = [], [], [], [], []
+        if vis_size is None:
+            vis_size = torch.ones(vis_mask.shape, device=dev)
+        rows, kinds, keys, tgts, poss, sizes = [], [], [], [], [], []
         for b in range(B):
-            v, vk = vis[b][vis_mask[b]], vis_key[b][vis_mask[b]]
+            v, vk, vs = vis[b][vis_mask[b]], vis_key[b][vis_mask[b]], vis_size[b][vis_mask[b]].float()
             q = q_emb[b][question_mask[b]]
             if vis_pos is not None:
                 vp, perm = torch.sort(vis_pos[b][vis_mask[b]], stable=True)
-                v, vk = v[perm], vk[perm]
+                v, vk, vs = v[perm], vk[perm], vs[perm]
                 text_start = 1 + int(n_grid if n_grid is not None else self.n_patches)
                 pos = [0] + (1 + vp).tolist()
             else:
@@ -353,6 +364,7 @@ class VisionLanguageModel(nn.Module):
                 key += [False] * ids.shape[0]
                 n_text += ids.shape[0]
             pos += list(range(text_start, text_start + n_text))
+            sizes.append(torch.cat([vs.new_ones(1), vs, vs.new_ones(n_text)]))
             rows.append(torch.cat(parts, 0))
             kinds.append(kind)
             keys.append(key)
@@ -366,6 +378,7 @@ class VisionLanguageModel(nn.Module):
         key_t = torch.zeros(B, L, dtype=torch.bool, device=dev)
         tgt_t = torch.full((B, L), -100, dtype=torch.long, device=dev)
         pos_t = torch.zeros(B, L, dtype=torch.long, device=dev)
+        size_t = torch.ones(B, L, device=dev)
         for b, r in enumerate(rows):
             n = r.shape[0]
             sl = slice(L - n, L) if left_pad else slice(0, n)
@@ -375,7 +388,8 @@ class VisionLanguageModel(nn.Module):
             key_t[b, sl] = torch.tensor(keys[b], device=dev, dtype=torch.bool)
             tgt_t[b, sl] = torch.tensor(tgts[b], device=dev)
             pos_t[b, sl] = torch.tensor(poss[b], device=dev)
-        return LmInputs(embeds, am, kind_t, key_t, tgt_t, pos_t)
+            size_t[b, sl] = sizes[b]
+        return LmInputs(embeds, am, kind_t, key_t, tgt_t, pos_t, size_t)
 
     def lm_inputs(self, batch: dict[str, Tensor], cfg: DroppingConfig | None = None, with_answer: bool = False,
                   left_pad: bool = False):
@@ -388,7 +402,8 @@ class VisionLanguageModel(nn.Module):
             vis_pos, n_grid = grid_positions(vt.centre, gw), gh * gw
         inp = self.build_inputs(vis, vt.mask, vt.key, batch["question"], batch["question_mask"],
                                 batch["answer"] if with_answer else None, batch["answer_mask"] if with_answer else None,
-                                left_pad=left_pad, vis_pos=vis_pos, n_grid=n_grid)
+                                left_pad=left_pad, vis_pos=vis_pos, n_grid=n_grid,
+                                vis_size=vt.size if (cfg or self._active()).proportional_attention else None)
         return vt, inp
 
     # ------------------------------------------------------------------------- passes
@@ -397,7 +412,7 @@ class VisionLanguageModel(nn.Module):
         cfg = self._active()
         vt, inp = self.lm_inputs(batch, cfg, with_answer=True)
         out = prefill(self.lm, inp.embeds, inp.attention_mask, inp.kind, inp.key, position_ids=inp.position_ids,
-                      policy=cfg.policy(self.n_patches), logits_mode="none")
+                      policy=cfg.policy(self.n_patches), logits_mode="none", size=inp.size)
         hidden = scatter_to_full(out.hidden, out.order, out.valid, inp.embeds.shape[1])  # type: ignore[arg-type]
         tgt = inp.targets
         sel = tgt != -100
@@ -413,7 +428,7 @@ class VisionLanguageModel(nn.Module):
         _, inp = self.lm_inputs(batch, cfg, left_pad=True)
         return generate(self.lm, inp.embeds, inp.attention_mask, inp.kind, inp.key, policy=cfg.policy(self.n_patches),
                         max_new_tokens=max_new_tokens, eos_token_id=self.eos_id, pad_token_id=self.pad_id,
-                        position_ids=inp.position_ids)
+                        position_ids=inp.position_ids, size=inp.size)
 
     def answer_correct(self, generated: Tensor, answer: Tensor, answer_mask: Tensor) -> Tensor:
         """(B,) bool: the generated words up to <eos> equal the answer words (and <eos> follows)."""
