@@ -30,3 +30,16 @@ def test_tiny_benchmark_prints_every_row(capsys):
 def test_task_arguments_reach_both_trainings(tmp_path):
     with pytest.raises(ReleaseError, match="vision_init_from"):
         bench_vlm_dropping(**TINY, task={"vision_init_from": str(tmp_path / "missing.ckpt")})
+
+
+def test_seeds_run_in_worker_processes_and_the_table_gives_their_mean(capsys):
+    res = bench_vlm_dropping(**TINY, seeds=[0, 1], workers=2)
+    table = capsys.readouterr().out
+    one = bench_vlm_dropping(**TINY, seed=1)  # in-process, the second seed alone
+    for name, row in res["rows"].items():
+        assert len(row["acc_per_seed"]) == 2
+        assert row["acc"] == pytest.approx(sum(row["acc_per_seed"]) / 2)
+        assert row["acc_per_seed"][1] == pytest.approx(one["rows"][name]["acc"])  # a worker runs a seed exactly
+    assert "acc per seed" in table and "of 2 seeds" in table and res["seeds"] == [0, 1]
+    with pytest.raises(ValueError, match="workers"):
+        bench_vlm_dropping(**TINY, seeds=[0, 1], workers=0)

@@ -15,6 +15,10 @@ One run, side by side on the same machine:
 3. Latency on the dense-trained model: prefill ms per batch and greedy decode tokens/s (a fixed
    number of new tokens, EOS ignored), dense vs MustDrop stages 2+3 (LM-side) and 1+2+3.
 
+With ``seeds: [0, 1, 2]`` every training is repeated per seed (``workers`` processes at once) and
+the table gives the mean accuracy with each seed's beside it; bars are checked on the means, and
+the paired comparisons also say in how many seeds they hold.
+
 Bars (checked and printed, never enforced by tests): at 25% kept MustDrop 1+2+3 within 3 points of
 dense; MustDrop >= ToMe and >= FastV (inference-only on the dense model, and each trained with
 its own dropping); training with dropping within 3 points of dense training.
@@ -124,6 +128,41 @@ def _train(task_kwargs: dict[str, Any], dm, steps: int, seed: int):
     return task, time.perf_counter() - t0
 
 
+def _run_seed(seed: int, base: dict[str, Any], data: dict[str, Any], settings: dict[str, dict[str, Any]],
+              trained_with: list[str], train_steps: int, eval_batches: int, latency_cfgs: dict[str, dict[str, Any]],
+              latency_new_tokens: int, latency_reps: int, threads: int) -> dict[str, Any]:
+    """One seed: the dense training and every ``trained_with`` training, their rows and the latency rows.
+
+    Top-level and fed plain dicts so that it can run in a spawned worker process.
+    """
+    import torch
+
+    from litbrain.datamodules.vqa import VqaDataModule
+    from litbrain.nn.vlm import DroppingConfig
+
+    torch.set_num_threads(int(threads))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    dm = VqaDataModule(**data)
+    dm.setup("fit")
+    val = [b for _, b in zip(range(eval_batches), dm.val_dataloader())]
+    dense_task, t_dense = _train({**base, "dropping": {"method": "none"}}, dm, train_steps, seed)
+    rows = {name: _evaluate(dense_task.model, val, DroppingConfig(**kw)) for name, kw in settings.items()}
+    train_seconds = {"dense": t_dense}
+    for name in trained_with:  # each method trained with its own dropping on, evaluated with it
+        task_, train_seconds[name] = _train({**base, "dropping": settings[name]}, dm, train_steps, seed)
+        rows[f"{name} (trained with dropping)"] = _evaluate(task_.model, val, DroppingConfig(**settings[name]))
+        del task_
+    latency = {k: _latency(dense_task.model, val[0], DroppingConfig(**c), latency_new_tokens, latency_reps)
+               for k, c in latency_cfgs.items()}
+    return {"seed": seed, "rows": rows, "latency": latency, "train_seconds": train_seconds, "chance": dm.chance,
+            "n_patches": dense_task.model.n_patches, "n_val": len(val) * dm.batch_size,
+            "batch_size": int(val[0]["image"].shape[0])}
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
 def bench_vlm_dropping(
     vision: dict[str, Any],
     lm: dict[str, Any],
@@ -138,6 +177,8 @@ def bench_vlm_dropping(
     latency_new_tokens: int = 16,
     latency_reps: int = 3,
     seed: int = 0,
+    seeds: list[int] | None = None,
+    workers: int = 1,
     threads: int = 1,
     out_json: str | None = "runs/bench_vlm_dropping.json",
     task: dict[str, Any] | None = None,
@@ -156,52 +197,61 @@ def bench_vlm_dropping(
         lr: peak learning rate.
         eval_batches: val batches per evaluation (``data.batch_size`` rows each).
         latency_new_tokens / latency_reps: decode length and repetitions (median) of the latency rows.
-        seed: training seed; threads: torch intra-op threads.
+        seed: training seed (one run); seeds: several training seeds (overrides ``seed``): every
+            training is repeated per seed, the table shows the mean accuracy and each seed's, and
+            the bars are checked on the means (tiny models trained for minutes differ by several
+            points from seed to seed). workers: seeds run in this many spawned processes at once,
+            ``threads`` torch threads each (latency rows measured beside the other workers).
+        threads: torch intra-op threads.
         out_json: where to write the figures (``None`` = nowhere).
         task: further :class:`~litbrain.tasks.vlm.VisionLanguageTask` arguments for both trainings
             (e.g. ``vision_init_from``, ``freeze_vision``, ``vision_pos``).
         trained_with: settings (names in :data:`SETTINGS`) that also get a model trained with that
             dropping on (default ``tome``, ``fastv``, ``mustdrop_123``).
     """
-    import torch
-
-    from litbrain.datamodules.vqa import VqaDataModule
-
-    torch.set_num_threads(int(threads))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     lm_layers = list(lm_layers or [1, 2])
     extra = dict(mustdrop or {})
-    dm = VqaDataModule(**data)
-    dm.setup("fit")
-    val = [b for _, b in zip(range(eval_batches), dm.val_dataloader())]
     base = {"vision": vision, "lm": lm, "lr": lr, **(task or {})}
     trained_with = list(trained_with if trained_with is not None else ["tome", "fastv", "mustdrop_123"])
     bad = [n for n in trained_with if n not in SETTINGS or n == "dense"]
     if bad or "mustdrop_123" not in trained_with:
         raise ValueError(f"trained_with={trained_with}: needs mustdrop_123 and names from {list(SETTINGS)[1:]}; "
                          f"fix: e.g. [tome, fastv, mustdrop_123]")
+    seeds = [int(x) for x in (seeds if seeds else [seed])]
+    if int(workers) < 1:
+        raise ValueError(f"workers={workers}: must be >= 1 (processes running seeds at once)")
 
-    def setting(name: str):
-        return _setting(name, keep, stage1_keep, lm_layers, extra if name.startswith("mustdrop") else {})
+    def setting(name: str) -> dict[str, Any]:
+        return dict(_setting(name, keep, stage1_keep, lm_layers, extra if name.startswith("mustdrop") else {}).__dict__)
 
-    dense_task, t_dense = _train({**base, "dropping": {"method": "none"}}, dm, train_steps, seed)
-    rows: dict[str, dict[str, float]] = {}
-    for name in SETTINGS:
-        rows[name] = _evaluate(dense_task.model, val, setting(name))
-    train_seconds = {"dense": t_dense}
-    for name in trained_with:  # each method trained with its own dropping on, evaluated with it
-        task_, train_seconds[name] = _train({**base, "dropping": setting(name).__dict__}, dm, train_steps, seed)
-        rows[f"{name} (trained with dropping)"] = _evaluate(task_.model, val, setting(name))
-        del task_
+    settings = {name: setting(name) for name in SETTINGS}
+    latency_cfgs = {"dense": settings["dense"], "mustdrop_23": {**settings["mustdrop_123"], "stages": [2, 3]},
+                    "mustdrop_123": settings["mustdrop_123"]}
+    args = (base, data, settings, trained_with, train_steps, eval_batches, latency_cfgs, latency_new_tokens,
+            latency_reps, threads)
+    if int(workers) > 1 and len(seeds) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=min(int(workers), len(seeds)), mp_context=mp.get_context("spawn")) as ex:
+            runs = list(ex.map(_run_seed, seeds, *[[a] * len(seeds) for a in args]))
+    else:
+        runs = [_run_seed(sd, *args) for sd in seeds]
+
+    first = runs[0]
+    rows: dict[str, dict[str, Any]] = {}
+    for name in first["rows"]:
+        per = [r["rows"][name] for r in runs]
+        rows[name] = {k: _mean([p[k] for p in per]) for k in ("acc", "tokens_into_lm", "tokens_per_layer", "gflops")}
+        rows[name]["acc_per_seed"] = [p["acc"] for p in per]
     dense_flops = rows["dense"]["gflops"]
     for r in rows.values():
         r["flops_saved"] = 1.0 - r["gflops"] / dense_flops
-    lat_cfgs = {"dense": _setting("dense", keep, stage1_keep, lm_layers, {}),
-                "mustdrop_23": _setting("mustdrop_123", keep, stage1_keep, lm_layers, {**extra, "stages": [2, 3]}),
-                "mustdrop_123": _setting("mustdrop_123", keep, stage1_keep, lm_layers, extra)}
-    latency = {k: _latency(dense_task.model, val[0], c, latency_new_tokens, latency_reps) for k, c in lat_cfgs.items()}
-    chance = dm.chance
-    n_patch = dense_task.model.n_patches
+    latency = {k: {m: _mean([r["latency"][k][m] for r in runs]) for m in ("prefill_ms", "decode_tok_s")}
+               for k in latency_cfgs}
+    train_seconds = {k: _mean([r["train_seconds"][k] for r in runs]) for k in first["train_seconds"]}
+    chance = first["chance"]
+    n_patch = first["n_patches"]
     md = rows["mustdrop_123"]["acc"]
     md_t = rows["mustdrop_123 (trained with dropping)"]["acc"]
     bars = {
@@ -213,31 +263,47 @@ def bench_vlm_dropping(
     for other in ("tome", "fastv"):
         if f"{other} (trained with dropping)" in rows:
             bars[f"trained with dropping: mustdrop_123 >= {other}"] = md_t >= rows[f"{other} (trained with dropping)"]["acc"]
+    multi = len(seeds) > 1
+
+    def wins(a: str, b: str) -> str:  # paired per seed: same data, same seed, same items
+        n = sum(x >= y for x, y in zip(rows[a]["acc_per_seed"], rows[b]["acc_per_seed"]))
+        return f" ({n} of {len(seeds)} seeds)" if multi else ""
+
+    pairs = {"mustdrop_123 >= tome": ("mustdrop_123", "tome"), "mustdrop_123 >= fastv": ("mustdrop_123", "fastv"),
+             "trained with dropping: mustdrop_123 >= tome": ("mustdrop_123 (trained with dropping)",
+                                                             "tome (trained with dropping)"),
+             "trained with dropping: mustdrop_123 >= fastv": ("mustdrop_123 (trained with dropping)",
+                                                              "fastv (trained with dropping)")}
     lines = [f"VLM vision-token dropping on the synthetic VQA world: {n_patch} patch tokens, keep {keep:.0%} "
              f"(= {max(1, round(keep * n_patch))} tokens), {train_steps} training steps "
              f"(seconds: {', '.join(f'{k} {v:.0f}' for k, v in train_seconds.items())}), "
-             f"{len(val) * dm.batch_size} val items, "
-             f"torch threads {threads}",
-             f"{'setting':<40}{'into LM':>8}{'per layer':>10}{'GFLOPs':>9}{'saved':>8}{'acc':>8}"]
+             f"{first['n_val']} val items, seeds {seeds}, torch threads {threads}"
+             + (f", {min(int(workers), len(seeds))} worker processes" if multi and int(workers) > 1 else ""),
+             f"{'setting':<40}{'into LM':>8}{'per layer':>10}{'GFLOPs':>9}{'saved':>8}{'acc':>8}"
+             + ("   acc per seed" if multi else "")]
     for name, r in rows.items():
         lines.append(f"{name:<40}{r['tokens_into_lm']:>8.1f}{r['tokens_per_layer']:>10.1f}{r['gflops']:>9.4f}"
-                     f"{r['flops_saved']:>8.1%}{r['acc']:>8.3f}")
+                     f"{r['flops_saved']:>8.1%}{r['acc']:>8.3f}"
+                     + ("   " + " ".join(f"{a:.3f}" for a in r["acc_per_seed"]) if multi else ""))
     lines.append(f"{'chance (majority answer / per question type)':<40}{'':>35}{chance['majority']:>8.3f} / "
                  f"{chance['majority_per_type']:.3f}")
     lines.append("")
-    lines.append(f"{'latency (dense-trained model, batch ' + str(val[0]['image'].shape[0]) + ')':<40}"
-                 f"{'prefill ms':>12}{'decode tok/s':>14}")
+    lines.append(f"{'latency (dense-trained model, batch ' + str(first['batch_size']) + ')':<40}"
+                 f"{'prefill ms':>12}{'decode tok/s':>14}" + ("   (mean over seeds)" if multi else ""))
     for k, v in latency.items():
         lines.append(f"{k:<40}{v['prefill_ms']:>12.1f}{v['decode_tok_s']:>14.0f}")
     lines.append("")
     for k, ok in bars.items():
-        lines.append(f"bar: {k}: {'PASS' if ok else 'FAIL'}")
+        lines.append(f"bar: {k}: {'PASS' if ok else 'FAIL'}" + (" on the mean" if multi else "")
+                     + (wins(*pairs[k]) if k in pairs else ""))
     print("\n".join(lines))
     result = {"rows": rows, "latency": latency, "chance": chance, "bars": bars, "train_seconds": train_seconds,
-              "keep": keep, "n_patches": n_patch, "train_steps": train_steps}
+              "keep": keep, "n_patches": n_patch, "train_steps": train_steps, "seeds": seeds}
     if out_json:
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_json).write_text(json.dumps(result, indent=2))
+        tmp = Path(out_json).with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(out_json)
     return result
 
 
