@@ -17,6 +17,7 @@ TINY = dict(vision=VISION, lm=LM, data=DATA, lm_layers=[0], train_steps=2, eval_
 def test_tiny_benchmark_prints_every_row(capsys):
     res = bench_vlm_dropping(**TINY, task={"vision_pos": "sincos"})
     table = capsys.readouterr().out
+    assert 0 <= res["rows"]["dense"]["acc_colour"] <= 1 and " exists" in next(x for x in table.splitlines() if x.startswith("setting"))
     for row in ("dense", "tome", "fastv", "mustdrop_1", "mustdrop_12", "mustdrop_123",
                 "tome (trained with dropping)", "fastv (trained with dropping)", "mustdrop_123 (trained with dropping)"):
         assert row in res["rows"] and row in table
@@ -25,6 +26,18 @@ def test_tiny_benchmark_prints_every_row(capsys):
         "dense", "tome", "fastv", "mustdrop_123"}
     with pytest.raises(ValueError, match="trained_with"):
         bench_vlm_dropping(**TINY, trained_with=["tome"])
+    assert res["trained_with"]["tome"]["proportional_attention"] is True  # no overrides: the setting as is
+
+
+def test_trained_overrides_reach_the_dropping_trainings_only(monkeypatch):
+    import litbrain.benchmarks.vlm_dropping as B
+
+    seen, real = [], B._train
+    monkeypatch.setattr(B, "_train", lambda kw, *a: (seen.append(kw["dropping"]), real(kw, *a))[1])
+    res = bench_vlm_dropping(**TINY, trained_with=["mustdrop_123"], trained_overrides={"proportional_attention": False})
+    assert [d["method"] for d in seen] == ["none", "mustdrop"]
+    assert seen[1]["proportional_attention"] is False and seen[1]["stages"] == [1, 2, 3]
+    assert res["settings"]["mustdrop_123"]["proportional_attention"] is True  # the dense-trained rows keep the default
 
 
 def test_task_arguments_reach_both_trainings(tmp_path):

@@ -63,13 +63,21 @@ def _evaluate(model, batches, cfg) -> dict[str, float]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from litbrain.tasks.vlm import QTYPES
+
     model.eval()
     correct = n = 0
     into_lm, per_layer = [], []
+    by_type = {q: [0, 0] for q in QTYPES}  # question type -> [correct, asked]
     for b in batches:
         gen, pre = model.generate(b, max_new_tokens=3, cfg=cfg)
-        correct += int(model.answer_correct(gen, b["answer"], b["answer_mask"]).sum())
+        ok = model.answer_correct(gen, b["answer"], b["answer_mask"])
+        correct += int(ok.sum())
         n += gen.shape[0]
+        for i, q in enumerate(QTYPES):
+            sel = b["qtype"] == i
+            by_type[q][0] += int(ok[sel].sum())
+            by_type[q][1] += int(sel.sum())
         per_layer.append(pre.vision_per_layer.float().mean())
         into_lm.append(pre.vision_per_layer[0].float().mean())
     b = batches[0]
@@ -79,7 +87,8 @@ def _evaluate(model, batches, cfg) -> dict[str, float]:
 
         prefill(model.lm, inp.embeds, inp.attention_mask, inp.kind, inp.key, position_ids=inp.position_ids,
                 policy=cfg.policy(model.n_patches), logits_mode="last", size=inp.size)
-    return {"acc": correct / max(n, 1), "tokens_into_lm": float(torch.stack(into_lm).mean()),
+    return {"acc": correct / max(n, 1), **{f"acc_{q}": c / k for q, (c, k) in by_type.items() if k},
+            "tokens_into_lm": float(torch.stack(into_lm).mean()),
             "tokens_per_layer": float(torch.stack(per_layer).mean()), "gflops": fc.get_total_flops() / b["image"].shape[0] / 1e9}
 
 
@@ -129,7 +138,7 @@ def _train(task_kwargs: dict[str, Any], dm, steps: int, seed: int):
 
 
 def _run_seed(seed: int, base: dict[str, Any], data: dict[str, Any], settings: dict[str, dict[str, Any]],
-              trained_with: list[str], train_steps: int, eval_batches: int, latency_cfgs: dict[str, dict[str, Any]],
+              trained_with: dict[str, dict[str, Any]], train_steps: int, eval_batches: int, latency_cfgs: dict[str, dict[str, Any]],
               latency_new_tokens: int, latency_reps: int, threads: int) -> dict[str, Any]:
     """One seed: the dense training and every ``trained_with`` training, their rows and the latency rows.
 
@@ -148,9 +157,9 @@ def _run_seed(seed: int, base: dict[str, Any], data: dict[str, Any], settings: d
     dense_task, t_dense = _train({**base, "dropping": {"method": "none"}}, dm, train_steps, seed)
     rows = {name: _evaluate(dense_task.model, val, DroppingConfig(**kw)) for name, kw in settings.items()}
     train_seconds = {"dense": t_dense}
-    for name in trained_with:  # each method trained with its own dropping on, evaluated with it
-        task_, train_seconds[name] = _train({**base, "dropping": settings[name]}, dm, train_steps, seed)
-        rows[f"{name} (trained with dropping)"] = _evaluate(task_.model, val, DroppingConfig(**settings[name]))
+    for name, kw in trained_with.items():  # each method trained with its own dropping on, evaluated with it
+        task_, train_seconds[name] = _train({**base, "dropping": kw}, dm, train_steps, seed)
+        rows[f"{name} (trained with dropping)"] = _evaluate(task_.model, val, DroppingConfig(**kw))
         del task_
     latency = {k: _latency(dense_task.model, val[0], DroppingConfig(**c), latency_new_tokens, latency_reps)
                for k, c in latency_cfgs.items()}
@@ -183,6 +192,7 @@ def bench_vlm_dropping(
     out_json: str | None = "runs/bench_vlm_dropping.json",
     task: dict[str, Any] | None = None,
     trained_with: list[str] | None = None,
+    trained_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train, then print the table of dense / ToMe / FastV / MustDrop stages (see the module docstring).
 
@@ -208,6 +218,8 @@ def bench_vlm_dropping(
             (e.g. ``vision_init_from``, ``freeze_vision``, ``vision_pos``).
         trained_with: settings (names in :data:`SETTINGS`) that also get a model trained with that
             dropping on (default ``tome``, ``fastv``, ``mustdrop_123``).
+        trained_overrides: :class:`~litbrain.nn.vlm.DroppingConfig` fields for those trainings (and
+            their evaluation) only, e.g. ``{proportional_attention: false}``.
     """
     lm_layers = list(lm_layers or [1, 2])
     extra = dict(mustdrop or {})
@@ -227,7 +239,8 @@ def bench_vlm_dropping(
     settings = {name: setting(name) for name in SETTINGS}
     latency_cfgs = {"dense": settings["dense"], "mustdrop_23": {**settings["mustdrop_123"], "stages": [2, 3]},
                     "mustdrop_123": settings["mustdrop_123"]}
-    args = (base, data, settings, trained_with, train_steps, eval_batches, latency_cfgs, latency_new_tokens,
+    trained = {name: {**settings[name], **(trained_overrides or {})} for name in trained_with}
+    args = (base, data, settings, trained, train_steps, eval_batches, latency_cfgs, latency_new_tokens,
             latency_reps, threads)
     if int(workers) > 1 and len(seeds) > 1:
         import multiprocessing as mp
@@ -242,7 +255,8 @@ def bench_vlm_dropping(
     rows: dict[str, dict[str, Any]] = {}
     for name in first["rows"]:
         per = [r["rows"][name] for r in runs]
-        rows[name] = {k: _mean([p[k] for p in per]) for k in ("acc", "tokens_into_lm", "tokens_per_layer", "gflops")}
+        keys = ["acc", "tokens_into_lm", "tokens_per_layer", "gflops"] + [k for k in per[0] if k.startswith("acc_")]
+        rows[name] = {k: _mean([p[k] for p in per]) for k in keys}
         rows[name]["acc_per_seed"] = [p["acc"] for p in per]
     dense_flops = rows["dense"]["gflops"]
     for r in rows.values():
@@ -264,6 +278,7 @@ def bench_vlm_dropping(
         if f"{other} (trained with dropping)" in rows:
             bars[f"trained with dropping: mustdrop_123 >= {other}"] = md_t >= rows[f"{other} (trained with dropping)"]["acc"]
     multi = len(seeds) > 1
+    qtypes = [k[4:] for k in rows["dense"] if k.startswith("acc_") and k != "acc_per_seed"]  # per question type
 
     def wins(a: str, b: str) -> str:  # paired per seed: same data, same seed, same items
         n = sum(x >= y for x, y in zip(rows[a]["acc_per_seed"], rows[b]["acc_per_seed"]))
@@ -280,10 +295,10 @@ def bench_vlm_dropping(
              f"{first['n_val']} val items, seeds {seeds}, torch threads {threads}"
              + (f", {min(int(workers), len(seeds))} worker processes" if multi and int(workers) > 1 else ""),
              f"{'setting':<40}{'into LM':>8}{'per layer':>10}{'GFLOPs':>9}{'saved':>8}{'acc':>8}"
-             + ("   acc per seed" if multi else "")]
+             + "".join(f"{q:>8}" for q in qtypes) + ("   acc per seed" if multi else "")]
     for name, r in rows.items():
         lines.append(f"{name:<40}{r['tokens_into_lm']:>8.1f}{r['tokens_per_layer']:>10.1f}{r['gflops']:>9.4f}"
-                     f"{r['flops_saved']:>8.1%}{r['acc']:>8.3f}"
+                     f"{r['flops_saved']:>8.1%}{r['acc']:>8.3f}" + "".join(f"{r['acc_' + q]:>8.3f}" for q in qtypes)
                      + ("   " + " ".join(f"{a:.3f}" for a in r["acc_per_seed"]) if multi else ""))
     lines.append(f"{'chance (majority answer / per question type)':<40}{'':>35}{chance['majority']:>8.3f} / "
                  f"{chance['majority_per_type']:.3f}")
@@ -298,7 +313,8 @@ def bench_vlm_dropping(
                      + (wins(*pairs[k]) if k in pairs else ""))
     print("\n".join(lines))
     result = {"rows": rows, "latency": latency, "chance": chance, "bars": bars, "train_seconds": train_seconds,
-              "keep": keep, "n_patches": n_patch, "train_steps": train_steps, "seeds": seeds}
+              "keep": keep, "n_patches": n_patch, "train_steps": train_steps, "seeds": seeds,
+              "settings": settings, "trained_with": trained}
     if out_json:
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(out_json).with_suffix(".json.tmp")

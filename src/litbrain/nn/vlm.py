@@ -50,7 +50,9 @@ class DroppingConfig:
         proportional_attention: a merged vision token (ToMe, MustDrop stage 1) counts ``size`` times
             in the LM's attention softmax (``+ log size`` on its logits), as ToMe's proportional
             attention does inside the ViT; a densely trained LM then sees the attention mass of the
-            patches it was trained on. False: each merged token counts once.
+            patches it was trained on. False: each merged token counts once; when the LM is trained
+            with merging on, this trained better in ``scripts/bench_vlm_dropping.py`` (a merged
+            background window weighs as one token, so the objects stand out).
     """
 
     method: Method = "none"
