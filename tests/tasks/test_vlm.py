@@ -206,3 +206,19 @@ def test_grid_rope_keeps_each_tokens_patch_position_through_merges(dm, batch):
         assert ptext[1] == 1 + int(vis.sum()) < 82
     with pytest.raises(ValueError, match="vision_rope='rows'"):
         _rope_model(dm, "rows")
+
+
+@pytest.mark.parametrize("name", ["tome", "mustdrop_1"])
+def test_lm_inputs_carry_each_merged_tokens_size_to_the_lm(dm, batch, name):
+    """The sizes the LM's proportional attention uses add up to the full patch grid, per sample."""
+    m = _model(dm, SETTINGS[name]).eval()
+    with torch.no_grad():
+        vt, inp = m.lm_inputs(batch, left_pad=True)
+        vis = inp.kind == 2  # KIND_VISION
+        assert torch.equal((inp.size * vis).sum(1), torch.full((batch["image"].shape[0],), 81.0))
+        assert bool((inp.size[vis] > 1).any()) and torch.equal(inp.size[~vis], torch.ones(int((~vis).sum())))
+        merged = m.generate(batch, max_new_tokens=1)[1].logits
+        m.dropping = DroppingConfig(**{**SETTINGS[name].__dict__, "proportional_attention": False})
+        _, plain_inp = m.lm_inputs(batch, left_pad=True)
+        assert torch.equal(plain_inp.size, torch.ones_like(plain_inp.size))
+        assert not torch.allclose(m.generate(batch, max_new_tokens=1)[1].logits, merged)  # the sizes reach the LM
