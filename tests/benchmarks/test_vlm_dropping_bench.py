@@ -1,6 +1,10 @@
 """The VLM dropping benchmark at a tiny size: every row of the table, and task arguments reach training."""
 
+import inspect
+from pathlib import Path
+
 import pytest
+import yaml
 
 from litbrain.benchmarks.vlm_dropping import bench_vlm_dropping
 from litbrain.hub import ReleaseError
@@ -56,3 +60,13 @@ def test_seeds_run_in_worker_processes_and_the_table_gives_their_mean(capsys):
     assert "acc per seed" in table and "of 2 seeds" in table and res["seeds"] == [0, 1]
     with pytest.raises(ValueError, match="workers"):
         bench_vlm_dropping(**TINY, seeds=[0, 1], workers=0)
+
+
+def test_bench_config_is_complete_and_commented():
+    """Every key of configs/bench/vlm_dropping.yaml is a parameter of the benchmark and carries a comment."""
+    config = Path(__file__).resolve().parents[2] / "configs" / "bench" / "vlm_dropping.yaml"
+    keys = yaml.safe_load(config.read_text())
+    assert set(keys) == set(inspect.signature(bench_vlm_dropping).parameters)  # every knob shown, none unknown
+    for line in config.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            assert "#" in line, f"uncommented key: {line}"
