@@ -348,13 +348,3 @@ def _read_manifest(out: Path) -> dict | None:
 def prepared_is_current(out: Path, fingerprint: str, overwrite: bool) -> bool:
     """:func:`output_is_current` for a prepared dataset folder (its ``manifest.json``)."""
     return output_is_current(out, fingerprint, overwrite, _read_manifest)
-    try:
-        old = json.loads((out / "manifest.json").read_text())
-    except Exception:
-        old = None
-    if old is not None and old.get("fingerprint") == fingerprint:
-        return True
-    if not overwrite:
-        what = "was prepared from other inputs or parameters" if old else "exists and is not a prepared dataset"
-        raise DataError(f"{out}: {what}; fix: pass overwrite=True to replace it or choose another out_dir")
-    return False

@@ -373,13 +373,6 @@ def _fingerprint(files: Sequence[Path], params: dict, model_config: str | None) 
 def _up_to_date(out: Path, fp: str, overwrite: bool) -> bool:
     return output_is_current(out, fp, overwrite, _read_meta, made="computed", foreign="was not written by litbrain",
                              field="out")
-    meta = _read_meta(out)
-    if meta is not None and meta.get("fingerprint") == fp:
-        return True
-    if not overwrite:
-        what = "was computed from other inputs or parameters" if meta else "exists and was not written by litbrain"
-        raise DataError(f"{out}: {what}; fix: pass overwrite=True to replace it or choose another out")
-    return False
 
 
 def _save_small(work: Path, ids: Sequence[str], meta: dict) -> None:

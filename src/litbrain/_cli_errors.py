@@ -65,6 +65,7 @@ class ConciseLightningArgumentParser(_ConciseErrors, LightningArgumentParser):
 
 def known_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input: the CLI and the benchmark scripts print them in one line."""
+    from litbrain.benchmarks import BenchConfigError
     from litbrain.datamodules import DataError
     from litbrain.hub import ReleaseError
     from litbrain.tasks import SubjectMismatchError
@@ -72,7 +73,8 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from litbrain.training_cli import HardwareError
     from litbrain.zero import DependencyError
 
-    return (DataError, ReleaseError, SubjectMismatchError, StageConfigError, HardwareError, DependencyError)
+    return (DataError, ReleaseError, SubjectMismatchError, StageConfigError, HardwareError, DependencyError,
+            BenchConfigError)
 
 
 def run_with_default_config(fn, argv: list[str] | None, default_config, prog: str):

@@ -70,3 +70,17 @@ def test_bench_config_is_complete_and_commented():
     for line in config.read_text().splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
             assert "#" in line, f"uncommented key: {line}"
+
+
+def test_bad_dropping_field_is_one_line_before_any_training(capsys):
+    """A typo in trained_overrides / mustdrop stops the script at once with one line naming the field."""
+    from litbrain.benchmarks import BenchConfigError
+    from litbrain.benchmarks.vlm_dropping import main
+
+    with pytest.raises(BenchConfigError, match=r"mustdrop: unknown DroppingConfig field\(s\) \['merge_treshold'\]"):
+        bench_vlm_dropping(**TINY, mustdrop={"merge_treshold": 0.9})
+    with pytest.raises(SystemExit) as exc:
+        main(["--trained_overrides", '{"proportional": false}', "--out_json", "null"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "trained_overrides: unknown DroppingConfig field(s) ['proportional']" in err

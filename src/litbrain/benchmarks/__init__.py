@@ -3,6 +3,11 @@
 ``litbrain bench --config configs/bench/fmri.yaml`` (or ``make bench``) runs :func:`bench_fmri`.
 """
 
-from litbrain.benchmarks.fmri import bench_fmri
 
-__all__ = ["bench_fmri"]
+class BenchConfigError(ValueError):
+    """A benchmark argument is invalid; the benchmark entry points print it in one line (field and fix)."""
+
+
+from litbrain.benchmarks.fmri import bench_fmri  # noqa: E402
+
+__all__ = ["BenchConfigError", "bench_fmri"]
