@@ -1,0 +1,32 @@
+"""The optimiser recipe every task shares: AdamW with decoupled decay + a one-cycle schedule."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["build_optimizer"]
+
+
+def build_optimizer(
+    module: nn.Module, lr: float, weight_decay: float, warmup_fraction: float, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW (no weight decay on biases and norm gains) + a one-cycle schedule over ``total_steps``.
+
+    Only parameters that require gradients are optimised. Shared by every task and by the
+    benchmarks' bare PyTorch loops, so both optimise identically.
+    """
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 else decay).append(p)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    )
+    if total_steps < 4:  # too short for a warm-up and an annealing phase (smoke runs)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    # OneCycleLR divides by the warm-up length in steps: it must be at least 2 steps.
+    pct = min(max(warmup_fraction, 2.0 / total_steps), 0.5)
+    return opt, torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=total_steps, pct_start=pct, final_div_factor=1000
+    )
