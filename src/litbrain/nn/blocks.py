@@ -1,4 +1,4 @@
-"""Shared residual-MLP backbone and heads of the fMRI decoder (MindEye2 / STTM layout)."""
+"""Shared MLP blocks: the residual MLP backbone (MindEye2 / STTM), embedding heads, the contrastive projector."""
 
 from __future__ import annotations
 

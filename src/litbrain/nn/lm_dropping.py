@@ -52,6 +52,8 @@ from typing import Callable, Iterator, Literal, Sequence
 import torch
 from torch import Tensor, nn
 
+from litbrain.errors import ConfigError
+
 __all__ = [
     "KIND_PAD",
     "KIND_TEXT",
@@ -75,11 +77,11 @@ SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "qwen2", "mistral")
 DropMethod = Literal["none", "fastv", "mustdrop"]
 
 
-class UnsupportedLMError(TypeError):
+class UnsupportedLMError(ConfigError, TypeError):
     """The causal LM's architecture is not one whose decoder loop this module can run."""
 
 
-class AttentionWeightsUnavailableError(ValueError):
+class AttentionWeightsUnavailableError(ConfigError):
     """Dropping needs attention weights but the LM's attention implementation does not return them."""
 
 
@@ -108,15 +110,15 @@ class DropPolicy:
 
     def __post_init__(self) -> None:
         if self.method not in ("none", "fastv", "mustdrop"):
-            raise ValueError(f"method={self.method!r}: unknown; fix: use 'none', 'fastv' or 'mustdrop'")
+            raise ConfigError(f"method={self.method!r}: unknown; fix: use 'none', 'fastv' or 'mustdrop'")
         if self.method == "fastv" and self.budget is None:
-            raise ValueError("method='fastv' needs budget= (vision tokens kept after the drop layer)")
+            raise ConfigError("method='fastv' needs budget= (vision tokens kept after the drop layer)")
         if self.budget is not None and int(self.budget) <= 0:
-            raise ValueError(f"budget={self.budget}: must be > 0 (vision tokens kept); fix: e.g. budget=64, or None")
+            raise ConfigError(f"budget={self.budget}: must be > 0 (vision tokens kept); fix: e.g. budget=64, or None")
         if any(int(x) < 0 for x in self.layers):
-            raise ValueError(f"layers={list(self.layers)}: layer indices must be >= 0")
+            raise ConfigError(f"layers={list(self.layers)}: layer indices must be >= 0")
         if self.output_thr < 0:
-            raise ValueError(f"output_thr={self.output_thr}: must be >= 0")
+            raise ConfigError(f"output_thr={self.output_thr}: must be >= 0")
 
     def drop_layers(self, n_layers: int) -> tuple[int, ...]:
         if self.method == "none":
@@ -397,7 +399,10 @@ def _compact(seq: _Seq, keep: Tensor) -> _Seq:
 
 # ----------------------------------------------------------------------------- prefill
 def _base_masks(lm: nn.Module, embeds: Tensor, attention_mask: Tensor, position_ids: Tensor) -> dict[str, Tensor | None]:
-    from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+    from transformers.masking_utils import (
+        create_causal_mask,
+        create_sliding_window_causal_mask,
+    )
 
     kw = dict(config=lm.config, inputs_embeds=embeds, attention_mask=attention_mask, cache=None, position_ids=position_ids)
     out: dict[str, Tensor | None] = {}
@@ -412,7 +417,10 @@ def _materialize(lm: nn.Module, base: Tensor | None, embeds: Tensor, attention_m
     if base is not None and isinstance(base, Tensor):
         return base
     # sdpa skipped the mask (plain causal): build the eager-style one to be able to gather from it
-    from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+    from transformers.masking_utils import (
+        create_causal_mask,
+        create_sliding_window_causal_mask,
+    )
 
     fn = create_sliding_window_causal_mask if t == "sliding_attention" else create_causal_mask
     return fn(config=lm.config, inputs_embeds=embeds, attention_mask=attention_mask, cache=None,

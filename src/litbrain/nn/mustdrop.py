@@ -14,27 +14,29 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from litbrain.errors import ConfigError
+
 __all__ = ["check_window_grid", "key_token_set", "window_merge", "window_similarity"]
 
 
 def check_window_grid(num_patches: int, grid_hw: tuple[int, int] | None, window: int) -> tuple[int, int]:
     """Validate a patch grid for windowing; returns ``(H, W)``. ``grid_hw=None`` means square."""
     if not isinstance(window, int) or window < 2:
-        raise ValueError(f"window={window!r} must be an int >= 2; fix: use e.g. window=3 (3x3 windows)")
+        raise ConfigError(f"window={window!r} must be an int >= 2; fix: use e.g. window=3 (3x3 windows)")
     if grid_hw is None:
         side = math.isqrt(num_patches)
         if side * side != num_patches:
-            raise ValueError(
+            raise ConfigError(
                 f"grid_hw=None assumes a square patch grid, but {num_patches} patches is not a square number; "
                 "fix: pass grid_hw=(rows, cols)"
             )
         grid_hw = (side, side)
     H, W = (int(v) for v in grid_hw)
     if H * W != num_patches:
-        raise ValueError(f"grid_hw={grid_hw} has {H * W} cells but there are {num_patches} patch tokens; fix: pass the real grid")
+        raise ConfigError(f"grid_hw={grid_hw} has {H * W} cells but there are {num_patches} patch tokens; fix: pass the real grid")
     if H % window or W % window:
         divisors = [d for d in range(2, min(H, W) + 1) if H % d == 0 and W % d == 0]
-        raise ValueError(
+        raise ConfigError(
             f"patch grid {H}x{W} is not divisible by window={window}; "
             f"fix: use window in {divisors or 'none (no common divisor >= 2)'} or an image size whose grid is"
         )
@@ -94,7 +96,7 @@ def window_merge(
     ``(B, H*W)`` long tensor: the output slot of every input patch.
     """
     if x.dim() != 3:
-        raise ValueError(f"window_merge: x must be (B, H*W, D) patch tokens, got shape {tuple(x.shape)}")
+        raise ConfigError(f"window_merge: x must be (B, H*W, D) patch tokens, got shape {tuple(x.shape)}")
     B, N, D = x.shape
     H, W = check_window_grid(N, grid_hw, window)
     k = window * window
@@ -102,16 +104,16 @@ def window_merge(
     if size is None:
         size = x.new_ones(B, N)
     elif size.shape != (B, N):
-        raise ValueError(f"window_merge: size must be (B, N)={(B, N)}, got {tuple(size.shape)}")
+        raise ConfigError(f"window_merge: size must be (B, N)={(B, N)}, got {tuple(size.shape)}")
     if keep is not None:
         if isinstance(keep, bool) or not isinstance(keep, int) or keep <= 0 or keep > N:
-            raise ValueError(
+            raise ConfigError(
                 f"keep={keep!r} must be an int in 1..{N} (the patch-token count); fix: pass a budget in that range, "
                 "or keep=None to merge by threshold"
             )
         n_merge = math.ceil((N - keep) / (k - 1))
         if n_merge > n_windows:
-            raise ValueError(
+            raise ConfigError(
                 f"keep={keep} is unreachable with window={window}: merging all {n_windows} windows leaves "
                 f"{n_windows} tokens; fix: use keep >= {n_windows} or a larger window"
             )
@@ -161,9 +163,9 @@ def key_token_set(cls_attn: Tensor, fraction: float = 0.08, mask: Tensor | None 
     all tokens if None); padding is never chosen.
     """
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"key fraction={fraction!r} must be in (0, 1]; fix: use e.g. 0.08 for the top 8%")
+        raise ConfigError(f"key fraction={fraction!r} must be in (0, 1]; fix: use e.g. 0.08 for the top 8%")
     if cls_attn.dim() != 2:
-        raise ValueError(f"key_token_set: cls_attn must be (B, N), got shape {tuple(cls_attn.shape)}")
+        raise ConfigError(f"key_token_set: cls_attn must be (B, N), got shape {tuple(cls_attn.shape)}")
     B, N = cls_attn.shape
     if mask is None:
         mask = torch.ones(B, N, dtype=torch.bool, device=cls_attn.device)

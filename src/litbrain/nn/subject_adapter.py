@@ -13,6 +13,8 @@ from typing import Iterable, Literal
 import torch
 from torch import nn
 
+from litbrain.errors import ConfigError, SubjectMismatchError
+
 AdapterKind = Literal["linear", "sttm"]
 
 
@@ -63,9 +65,9 @@ class SubjectAdapter(nn.Module):
     ) -> None:
         super().__init__()
         if kind not in ("linear", "sttm"):
-            raise ValueError(f"SubjectAdapter kind={kind!r}; fix: use 'linear' or 'sttm'")
+            raise ConfigError(f"SubjectAdapter kind={kind!r}; fix: use 'linear' or 'sttm'")
         if readout and kind != "linear":
-            raise ValueError(f"SubjectAdapter readout=True with kind={kind!r}; fix: use kind='linear'")
+            raise ConfigError(f"SubjectAdapter readout=True with kind={kind!r}; fix: use kind='linear'")
         self.readout = readout
         self.out_features = out_features
         self.kind = kind
@@ -94,9 +96,9 @@ class SubjectAdapter(nn.Module):
     def add_subject(self, subject: str, in_features: int) -> nn.Module:
         """Add a freshly initialised map for a new subject and return it."""
         if subject in self.in_features:
-            raise ValueError(f"subject {subject!r} already has an adapter; fix: use a new id or replace_subject()")
+            raise ConfigError(f"subject {subject!r} already has an adapter; fix: use a new id or replace_subject()")
         if in_features <= 0:
-            raise ValueError(f"subject {subject!r}: in_features={in_features}; fix: give a positive count")
+            raise ConfigError(f"subject {subject!r}: in_features={in_features}; fix: give a positive count")
         self.in_features[subject] = int(in_features)
         module = self._make(int(in_features))
         self.maps[self._key(subject)] = module
@@ -112,13 +114,13 @@ class SubjectAdapter(nn.Module):
         try:
             expected = self.in_features[subject]
         except KeyError:
-            raise KeyError(
+            raise SubjectMismatchError(
                 f"no adapter for subject {subject!r} (known: {self.subjects}); fix: add_subject() it"
             ) from None
         if self.readout:
             expected = self.out_features
         if x.shape[-1] != expected:
-            raise ValueError(
+            raise SubjectMismatchError(
                 f"subject {subject!r}: input has {x.shape[-1]} features but its adapter expects "
                 f"{expected}; fix: use the data the adapter was trained on or add a new adapter"
             )
@@ -137,7 +139,7 @@ def freeze_all_but_adapters(model: nn.Module, subjects: Iterable[str] | None = N
     keep: list[str] = []
     adapters = [m for m in model.modules() if isinstance(m, SubjectAdapter)]
     if not adapters:
-        raise ValueError("freeze_all_but_adapters: the model has no SubjectAdapter")
+        raise ConfigError("freeze_all_but_adapters: the model has no SubjectAdapter")
     for p in model.parameters():
         p.requires_grad_(False)
     for adapter in adapters:

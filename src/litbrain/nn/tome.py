@@ -18,6 +18,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from litbrain.errors import ConfigError
+
 __all__ = [
     "bipartite_soft_matching",
     "max_merges",
@@ -60,9 +62,9 @@ def bipartite_soft_matching(
     every original token taking the value of the token it ended up in.
     """
     if metric.dim() != 3:
-        raise ValueError(f"bipartite_soft_matching: metric must be (B, N, C), got shape {tuple(metric.shape)}")
+        raise ConfigError(f"bipartite_soft_matching: metric must be (B, N, C), got shape {tuple(metric.shape)}")
     if r < 0:
-        raise ValueError(f"bipartite_soft_matching: r={r} must be >= 0; fix: pass the number of tokens to merge")
+        raise ConfigError(f"bipartite_soft_matching: r={r} must be >= 0; fix: pass the number of tokens to merge")
     protected = (1 if protect_cls else 0) if num_protected is None else int(num_protected)
     B, N, _ = metric.shape
     r = min(int(r), max_merges(N, protected))
@@ -163,10 +165,10 @@ def tome_schedule(
     """
     n_free = num_tokens - num_protected
     if (keep is None) == (r is None):
-        raise ValueError("tome_schedule: give exactly one of keep= (tokens left at the output) or r= (merged per layer)")
+        raise ConfigError("tome_schedule: give exactly one of keep= (tokens left at the output) or r= (merged per layer)")
     if r is not None:
         if r < 0:
-            raise ValueError(f"ToMe r={r} must be >= 0; fix: pass the number of tokens merged per layer (0 = no merging)")
+            raise ConfigError(f"ToMe r={r} must be >= 0; fix: pass the number of tokens merged per layer (0 = no merging)")
         out, t = [], num_tokens
         for _ in range(depth):
             step = min(r, max_merges(t, num_protected))
@@ -175,7 +177,7 @@ def tome_schedule(
         return out
     assert keep is not None
     if keep <= 0 or keep > n_free:
-        raise ValueError(
+        raise ConfigError(
             f"ToMe keep={keep} must be in 1..{n_free} (the patch-token count); fix: pass a budget in that range"
         )
     out, t, remaining = [], num_tokens, n_free - keep
@@ -185,7 +187,7 @@ def tome_schedule(
         t -= step
         remaining -= step
     if remaining > 0:
-        raise ValueError(
+        raise ConfigError(
             f"ToMe keep={keep} is unreachable in {depth} layers (each merges at most half the tokens); "
             f"fix: use keep >= {keep + remaining}"
         )

@@ -14,6 +14,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from litbrain.errors import ConfigError
+
 
 def _all_reduce(t: torch.Tensor) -> torch.Tensor:
     # EMA statistics must agree across DDP ranks, or the replicas' codebooks drift apart.
@@ -82,9 +84,9 @@ class VectorQuantizer(nn.Module):
     ) -> None:
         super().__init__()
         if n_codes < 2 or dim < 1:
-            raise ValueError(f"VectorQuantizer n_codes={n_codes}, dim={dim}; fix: n_codes >= 2 and dim >= 1")
+            raise ConfigError(f"VectorQuantizer n_codes={n_codes}, dim={dim}; fix: n_codes >= 2 and dim >= 1")
         if not 0.0 < decay < 1.0:
-            raise ValueError(f"VectorQuantizer decay={decay}; fix: a value in (0, 1), e.g. 0.99")
+            raise ConfigError(f"VectorQuantizer decay={decay}; fix: a value in (0, 1), e.g. 0.99")
         self.n_codes, self.dim, self.decay, self.commitment = n_codes, dim, decay, commitment
         self.kmeans_iters, self.dead_after, self.normalize, self.eps = kmeans_iters, dead_after, normalize, eps
         init = torch.randn(n_codes, dim)
@@ -148,7 +150,7 @@ class VectorQuantizer(nn.Module):
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Quantise ``z`` (..., dim): returns (straight-through quantised z, code indices, commitment loss)."""
         if z.shape[-1] != self.dim:
-            raise ValueError(f"VectorQuantizer: input last dim {z.shape[-1]} != code dim {self.dim}")
+            raise ConfigError(f"VectorQuantizer: input last dim {z.shape[-1]} != code dim {self.dim}")
         z = self._norm(z)
         flat = z.reshape(-1, self.dim)
         if self.training and not bool(self.initialised):

@@ -20,8 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from litbrain.errors import ConfigError
 from litbrain.nn.mustdrop import check_window_grid, key_token_set, window_merge
-from litbrain.nn.tome import bipartite_soft_matching, merge_wavg, proportional_attention_bias, tome_schedule
+from litbrain.nn.tome import (
+    bipartite_soft_matching,
+    merge_wavg,
+    proportional_attention_bias,
+    tome_schedule,
+)
 
 __all__ = ["VisionTokenReducer", "VisionTokens"]
 
@@ -69,7 +75,7 @@ class _TimmViT:
 
         for i, blk in enumerate(vit.blocks):
             if not isinstance(blk, Block) or type(blk.attn) is not Attention:
-                raise ValueError(
+                raise ConfigError(
                     f"VisionTokenReducer: timm block {i} is {type(blk).__name__} with {type(blk.attn).__name__}; "
                     "fix: use a ViT built from timm's standard Block + Attention (e.g. vit_base_patch16_224)"
                 )
@@ -133,12 +139,12 @@ class _OpenClipViT:
         from open_clip.transformer import ResidualAttentionBlock
 
         if getattr(visual, "attn_pool", None) is not None:
-            raise ValueError(
+            raise ConfigError(
                 "VisionTokenReducer: open_clip towers with an attentional pooler (CoCa) have no per-patch output; "
                 "fix: use a tower with attentional_pool=False"
             )
         if not visual.transformer.batch_first:
-            raise ValueError("VisionTokenReducer: open_clip Transformer(batch_first=False) is not supported; fix: build it batch-first")
+            raise ConfigError("VisionTokenReducer: open_clip Transformer(batch_first=False) is not supported; fix: build it batch-first")
         for i, blk in enumerate(visual.transformer.resblocks):
             mha = getattr(blk, "attn", None)
             if (
@@ -148,7 +154,7 @@ class _OpenClipViT:
                 or mha.bias_k is not None
                 or hasattr(blk, "ln_1_kv")
             ):
-                raise ValueError(
+                raise ConfigError(
                     f"VisionTokenReducer: open_clip block {i} is {type(blk).__name__}; fix: use a tower with the default "
                     "ResidualAttentionBlock (no qk_norm / scaled-cosine / custom attention options)"
                 )
@@ -216,7 +222,7 @@ def _adapter(vit: nn.Module) -> _TimmViT | _OpenClipViT:
     hint = ""
     if OpenClipViT is not None and isinstance(getattr(vit, "visual", None), OpenClipViT):
         hint = " (this looks like a whole open_clip model: pass model.visual)"
-    raise ValueError(
+    raise ConfigError(
         f"VisionTokenReducer: vit must be a timm VisionTransformer or an open_clip VisionTransformer, "
         f"got {type(vit).__module__}.{type(vit).__name__}{hint}; fix: pass one of those"
     )
@@ -249,7 +255,7 @@ class VisionTokenReducer(nn.Module):
     ) -> None:
         super().__init__()
         if method not in METHODS:
-            raise ValueError(f"VisionTokenReducer method={method!r}; fix: use one of {METHODS}")
+            raise ConfigError(f"VisionTokenReducer method={method!r}; fix: use one of {METHODS}")
         self._ops = _adapter(vit)
         self.vit = vit
         self.method = method
@@ -263,27 +269,27 @@ class VisionTokenReducer(nn.Module):
         self.embed_dim = self._ops.embed_dim
         ops = self._ops
         if not ops.has_cls:
-            raise ValueError(
+            raise ConfigError(
                 "VisionTokenReducer needs a CLS token (VisionTokens.cls, ToMe's protected token, MustDrop's key set), "
                 "but this timm model has none (class_token=False); fix: build it with class_token=True"
             )
         n_patch = self.num_patches
         depth = len(ops.blocks)
         if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep <= 0 or keep > n_patch):
-            raise ValueError(
+            raise ConfigError(
                 f"keep={keep!r} must be an int in 1..{n_patch} (this ViT's patch-token count); fix: pass a budget in that range"
             )
         if method == "none" and (keep is not None or r is not None):
-            raise ValueError("method='none' keeps every token; fix: drop keep=/r= or pick method='tome' / 'mustdrop'")
+            raise ConfigError("method='none' keeps every token; fix: drop keep=/r= or pick method='tome' / 'mustdrop'")
         if method == "tome":
             if (keep is None) == (r is None):
-                raise ValueError("method='tome' needs exactly one of keep= (patch tokens at the output) or r= (merged per block)")
+                raise ConfigError("method='tome' needs exactly one of keep= (patch tokens at the output) or r= (merged per block)")
             tome_schedule(n_patch + ops.num_prefix, depth, keep=keep, r=r, num_protected=ops.num_prefix)
         if method == "mustdrop":
             if r is not None:
-                raise ValueError("r= is ToMe's per-block merge count; fix: for method='mustdrop' use keep= or threshold=")
+                raise ConfigError("r= is ToMe's per-block merge count; fix: for method='mustdrop' use keep= or threshold=")
             if not isinstance(merge_layer, int) or not 0 <= merge_layer < depth:
-                raise ValueError(
+                raise ConfigError(
                     f"merge_layer={merge_layer!r} must be in 0..{depth - 1} (blocks run before the merge); fix: e.g. merge_layer=1"
                 )
             check_window_grid(n_patch, ops.default_grid, window)
@@ -311,12 +317,12 @@ class VisionTokenReducer(nn.Module):
         grid = self.grid(images)
         n_patch = x.shape[1] - ops.num_prefix
         if self.method == "mustdrop" and n_patch != grid[0] * grid[1]:
-            raise ValueError(
+            raise ConfigError(
                 f"MustDrop needs the full {grid[0]}x{grid[1]} patch grid but got {n_patch} tokens (patch dropout in training?); "
                 "fix: disable patch dropout"
             )
         if self.keep is not None and self.keep > n_patch:
-            raise ValueError(f"keep={self.keep} is more than the {n_patch} patch tokens of these images; fix: lower keep")
+            raise ConfigError(f"keep={self.keep} is more than the {n_patch} patch tokens of these images; fix: lower keep")
         coords = grid_coords(grid, x.device, x.dtype).expand(x.shape[0], n_patch, 2)
         if self.method == "tome":
             return self._forward_tome(x, coords)

@@ -22,10 +22,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from litbrain.nn.lm_dropping import KIND_PAD, KIND_TEXT, KIND_VISION, DropPolicy, check_lm, generate, prefill, scatter_to_full
+from litbrain.errors import ConfigError
+from litbrain.nn.encoders import (
+    VisionTowerSpec,
+    causal_lm,
+    sincos_position,
+    vision_tower,
+)
+from litbrain.nn.lm_dropping import (
+    KIND_PAD,
+    KIND_TEXT,
+    KIND_VISION,
+    DropPolicy,
+    check_lm,
+    generate,
+    prefill,
+    scatter_to_full,
+)
+from litbrain.nn.registry import ModelCard, ModelConfig
 
-__all__ = ["DroppingConfig", "VisionLanguageModel", "LmInputs", "build_vision_encoder", "build_causal_lm", "MlpProjector",
-           "sincos_2d", "sincos_position", "grid_positions"]
+__all__ = ["DroppingConfig", "VisionLanguageModel", "VlmConfig", "LmInputs", "MlpProjector", "SceneVisionTower",
+           "VisionTowerConfig", "grid_positions"]
 
 Method = Literal["none", "tome", "fastv", "mustdrop"]
 
@@ -72,26 +89,26 @@ class DroppingConfig:
 
     def __post_init__(self) -> None:
         if self.method not in ("none", "tome", "fastv", "mustdrop"):
-            raise ValueError(f"dropping.method={self.method!r}: unknown; fix: none, tome, fastv or mustdrop")
+            raise ConfigError(f"dropping.method={self.method!r}: unknown; fix: none, tome, fastv or mustdrop")
         bad = [s for s in self.stages if s not in (1, 2, 3)]
         if bad or (self.method == "mustdrop" and not self.stages):
-            raise ValueError(f"dropping.stages={self.stages}: use a non-empty subset of [1, 2, 3]")
+            raise ConfigError(f"dropping.stages={self.stages}: use a non-empty subset of [1, 2, 3]")
         if self.method in ("tome", "fastv") and self.keep is None:
-            raise ValueError(f"dropping.method={self.method!r} needs dropping.keep (count or fraction of patches)")
+            raise ConfigError(f"dropping.method={self.method!r} needs dropping.keep (count or fraction of patches)")
 
     @staticmethod
     def _count(x: float | int | None, n_patches: int, name: str) -> int | None:
         if x is None:
             return None
         if isinstance(x, bool):
-            raise ValueError(f"{name}={x!r}: give a count >= 1 or a fraction in (0, 1]")
+            raise ConfigError(f"{name}={x!r}: give a count >= 1 or a fraction in (0, 1]")
         if isinstance(x, float) and x <= 1.0:
             if x <= 0:
-                raise ValueError(f"{name}={x}: must be > 0; fix: e.g. 0.25 (a quarter of the patches) or a count")
+                raise ConfigError(f"{name}={x}: must be > 0; fix: e.g. 0.25 (a quarter of the patches) or a count")
             return max(1, int(round(x * n_patches)))
         n = int(x)
         if n <= 0 or n > n_patches:
-            raise ValueError(f"{name}={x}: must be in 1..{n_patches} (the ViT's patch tokens) or a fraction in (0, 1]")
+            raise ConfigError(f"{name}={x}: must be in 1..{n_patches} (the ViT's patch tokens) or a fraction in (0, 1]")
         return n
 
     def reducer_kwargs(self, n_patches: int) -> dict[str, Any]:
@@ -114,95 +131,6 @@ class DroppingConfig:
                               budget=keep if 2 in self.stages else None, stage3=3 in self.stages,
                               output_thr=self.output_thr)
         return DropPolicy("none")
-
-
-def build_vision_encoder(spec: dict[str, Any]) -> nn.Module:
-    """A ViT from ``{"library": "timm"|"open_clip", "name": ..., "pretrained": ..., "kwargs": {...}, "pos_embed_init": ...}``.
-
-    timm: ``timm.create_model(name, pretrained=bool, **kwargs)`` (e.g. ``img_size``, ``patch_size``,
-    ``embed_dim``, ``depth``, ``num_heads`` for a tiny model); open_clip:
-    ``open_clip.create_model(name, pretrained=tag or None, **kwargs).visual``.
-    ``pos_embed_init: sincos`` overwrites the patch position embedding with fixed 2-D sine-cosine
-    values (still trained; see :func:`sincos_2d`) - for towers trained from scratch.
-    """
-    lib = spec.get("library", "timm")
-    name = spec.get("name")
-    kwargs = dict(spec.get("kwargs") or {})
-    pos_init = spec.get("pos_embed_init")
-    if not name:
-        raise ValueError("vision.name is required (e.g. vit_tiny_patch16_224 or ViT-B-32)")
-    if pos_init not in (None, "sincos"):
-        raise ValueError(f"vision.pos_embed_init={pos_init!r}: unknown; fix: null (the library's) or 'sincos'")
-    if lib == "timm":
-        import timm
-
-        kwargs.setdefault("num_classes", 0)
-        vit = timm.create_model(name, pretrained=bool(spec.get("pretrained", False)), **kwargs)
-        pos = getattr(vit, "pos_embed", None)
-        n_prefix = 0 if getattr(vit, "no_embed_class", False) else int(getattr(vit, "num_prefix_tokens", 1))
-    elif lib == "open_clip":
-        import open_clip
-
-        vit = open_clip.create_model(name, pretrained=spec.get("pretrained") or None, **kwargs).visual
-        pos = getattr(vit, "positional_embedding", None)
-        n_prefix = 1
-    else:
-        raise ValueError(f"vision.library={lib!r}: unknown; fix: timm or open_clip")
-    if pos_init == "sincos":
-        if not isinstance(pos, nn.Parameter):
-            raise ValueError(f"vision.pos_embed_init='sincos': {type(vit).__name__} has no learned position embedding")
-        n = pos.shape[-2] - n_prefix
-        g = int(round(n ** 0.5))
-        if g * g != n:
-            raise ValueError(f"vision.pos_embed_init='sincos' needs a square patch grid, got {n} position slots")
-        with torch.no_grad():
-            pos.view(-1, pos.shape[-1])[n_prefix:] = sincos_2d(g, pos.shape[-1]).to(pos.dtype)
-    return vit
-
-
-def sincos_2d(grid: int, dim: int) -> Tensor:
-    """Fixed 2-D sine-cosine position embeddings (MAE), ``(grid * grid, dim)`` row-major; ``dim % 4 == 0``.
-
-    A from-scratch ViT starts with its learned position embedding at std 0.02, far below the patch
-    embeddings (~0.5), so at first its tokens hardly say WHERE they are; a question about a named
-    board cell needs exactly that. Initialising the (still trainable) embedding with sine-cosine
-    values of unit scale gives the LM position information from step one.
-    """
-    from litbrain.nn.vision_reduction import grid_coords
-
-    return sincos_position(grid_coords((grid, grid)), dim)
-
-
-def sincos_position(coords: Tensor, dim: int) -> Tensor:
-    """2-D sine-cosine embedding of continuous (row, column) positions ``(..., 2)`` -> ``(..., dim)``.
-
-    At integer positions it equals :func:`sincos_2d`; a merged token (ToMe, MustDrop) gets the
-    embedding of its patches' mean position.
-    """
-    if dim % 4:
-        raise ValueError(f"sincos position embedding needs a width divisible by 4, got {dim}")
-    q = dim // 4
-    omega = 1.0 / (10000 ** (torch.arange(q, dtype=torch.float32, device=coords.device) / q))
-
-    def enc(x: Tensor) -> Tensor:
-        o = x.float()[..., None] * omega
-        return torch.cat([o.sin(), o.cos()], -1)
-
-    return torch.cat([enc(coords[..., 0]), enc(coords[..., 1])], -1)
-
-
-def build_causal_lm(lm: str | dict[str, Any], attn_implementation: str = "eager") -> nn.Module:
-    """A causal LM by hub name (``from_pretrained``) or from a config dict with ``model_type``."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    if isinstance(lm, str):
-        return AutoModelForCausalLM.from_pretrained(lm, attn_implementation=attn_implementation)
-    cfg = dict(lm)
-    model_type = cfg.pop("model_type", None)
-    if not model_type:
-        raise ValueError("lm config dict needs model_type (e.g. 'llama', 'qwen2', 'mistral')")
-    config = AutoConfig.for_model(model_type, **cfg)
-    return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
 
 
 def grid_positions(centre: Tensor, grid_w: int) -> Tensor:
@@ -242,6 +170,106 @@ class MlpProjector(nn.Sequential):
         super().__init__(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
 
 
+def _lm_config_dict(lm: nn.Module) -> dict[str, Any]:
+    """The LM's full transformers config as a plain dict with ``model_type`` (rebuilds it offline)."""
+    d = lm.config.to_dict()
+    for k in ("architectures", "transformers_version", "_name_or_path", "torch_dtype", "dtype"):
+        d.pop(k, None)
+    return d
+
+
+def _tiny_llama(vocab: int = 24) -> dict[str, Any]:
+    return {"model_type": "llama", "vocab_size": vocab, "hidden_size": 16, "intermediate_size": 32,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+            "max_position_embeddings": 64, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+
+
+def _tiny_vit() -> VisionTowerSpec:
+    return VisionTowerSpec("timm:vit_tiny_patch16_224", kwargs={"img_size": 12, "patch_size": 4, "embed_dim": 16,
+                                                                "depth": 2, "num_heads": 2})
+
+
+@dataclass
+class VlmConfig(ModelConfig):
+    """Hyper-parameters of :class:`VisionLanguageModel` (config.json of its releases).
+
+    Args:
+        vision: the ViT tower (:class:`~litbrain.nn.encoders.VisionTowerSpec`).
+        lm: a causal LM: ``hf:<id or folder>``, or a transformers config dict with ``model_type``
+            (``vocab_size`` and the special ids default to the datamodule's tokenizer). A release
+            stores the LM's full config dict, so it rebuilds offline.
+        attn_implementation: the LM's attention; dropping needs ``eager`` (attention weights).
+        projector_hidden: hidden width of the projector (default: the LM width).
+        vision_pos: ``sincos`` adds a 2-D sine-cosine embedding of each vision token's patch centre.
+        vision_rope: ``grid`` (vision tokens keep their patch centre's LM position) or ``packed``.
+        bos_id / eos_id / pad_id: special token ids (default: the tokenizer's / the LM config's).
+        dropping: the :class:`DroppingConfig` in use (swappable on a trained model).
+    """
+
+    model_type = "vlm"
+
+    vision: VisionTowerSpec = field(default_factory=VisionTowerSpec)
+    lm: str | dict[str, Any] | None = None
+    attn_implementation: str = "eager"
+    projector_hidden: int | None = None
+    vision_pos: Literal["sincos"] | None = None
+    vision_rope: Literal["grid", "packed"] = "grid"
+    bos_id: int | None = None
+    eos_id: int | None = None
+    pad_id: int | None = None
+    dropping: DroppingConfig = field(default_factory=DroppingConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.vision, dict):
+            from litbrain.nn.registry import dataclass_from_dict
+
+            self.vision = dataclass_from_dict(VisionTowerSpec, self.vision, "net.vision")
+        if isinstance(self.dropping, dict):
+            self.dropping = DroppingConfig(**self.dropping)
+
+    def missing(self) -> list[str]:
+        if self.lm is None:
+            return ["lm"]
+        if isinstance(self.lm, dict) and "vocab_size" not in self.lm:
+            return ["lm.vocab_size"]
+        return []
+
+    @classmethod
+    def examples(cls) -> list["VlmConfig"]:
+        return [cls(vision=_tiny_vit(), lm=_tiny_llama(), vision_pos="sincos"),
+                cls(vision=_tiny_vit(), lm=_tiny_llama(), vision_rope="packed",
+                    dropping=DroppingConfig(method="mustdrop", stages=[1, 2, 3], lm_layers=[0]))]
+
+    def example_input(self, batch_size: int = 2, seed: int = 0) -> dict[str, Tensor]:
+        """Images at the tower's size, a 4-word question and a 1-word answer + <eos> (random ids)."""
+        g = torch.Generator().manual_seed(seed)
+        side = int(self.vision.kwargs.get("img_size", 224))
+        vocab = int(self.lm["vocab_size"]) if isinstance(self.lm, dict) else 32
+        eos = self.eos_id if self.eos_id is not None else 2
+        answer = torch.randint(4, vocab, (batch_size, 2), generator=g)
+        answer[:, 1] = eos
+        return {"image": torch.randn(batch_size, 3, side, side, generator=g),
+                "question": torch.randint(4, vocab, (batch_size, 4), generator=g),
+                "question_mask": torch.ones(batch_size, 4, dtype=torch.bool),
+                "answer": answer, "answer_mask": torch.ones(batch_size, 2, dtype=torch.bool)}
+
+    def card(self) -> ModelCard:
+        lm = self.lm.get("model_type") if isinstance(self.lm, dict) else self.lm
+        return ModelCard(
+            title="litbrain vision-language model with vision-token dropping",
+            summary=(
+                "A LLaVA-style model: ViT tower -> MLP projector -> causal LM, with vision-token dropping\n"
+                "(MustDrop stages 1-3, ToMe, FastV) in the tower and the LM.\n\n"
+                f"- Vision tower: {self.vision.encoder} {self.vision.kwargs or ''}\n"
+                f"- LM: {lm}; dropping: {self.dropping.method} (stages {self.dropping.stages})\n"
+                "- The tokenizer is saved beside the weights (load it with `litbrain.release.load_tokenizer`)."
+            ),
+            tags=["vision-language", "token-dropping", "mustdrop"],
+            usage=("answers, _ = model.generate(batch, max_new_tokens=3)  # batch: image, question, question_mask\n"
+                   "tokenizer = litbrain.release.load_tokenizer(path)      # the words of the answers"),
+        )
+
+
 class VisionLanguageModel(nn.Module):
     """ViT -> projector -> causal LM, with :class:`DroppingConfig` applied in both halves.
 
@@ -263,10 +291,13 @@ class VisionLanguageModel(nn.Module):
             the tokens present), so a merge shifts everything after it.
     """
 
+    config_class = VlmConfig
+
     def __init__(self, vit: nn.Module, lm: nn.Module, bos_id: int, eos_id: int, pad_id: int,
                  dropping: DroppingConfig | None = None, projector_hidden: int | None = None,
                  vision_pos: str | None = None, vision_rope: str = "grid"):
         super().__init__()
+        self.config: VlmConfig | None = None  # set by from_config (a model built from modules has none)
         from litbrain.nn.vision_reduction import VisionTokenReducer
 
         check_lm(lm)
@@ -277,16 +308,49 @@ class VisionLanguageModel(nn.Module):
         self.n_patches = dense.num_patches
         self.projector = MlpProjector(dense.embed_dim, lm.config.hidden_size, projector_hidden)
         if vision_pos not in (None, "sincos"):
-            raise ValueError(f"vision_pos={vision_pos!r}: unknown; fix: null or 'sincos'")
+            raise ConfigError(f"vision_pos={vision_pos!r}: unknown; fix: null or 'sincos'")
         if vision_pos and lm.config.hidden_size % 4:
-            raise ValueError(f"vision_pos=sincos needs an LM width divisible by 4, got {lm.config.hidden_size}; "
+            raise ConfigError(f"vision_pos=sincos needs an LM width divisible by 4, got {lm.config.hidden_size}; "
                              "fix: change the LM width or set vision_pos null")
         self.vision_pos = vision_pos
         if vision_rope not in ("grid", "packed"):
-            raise ValueError(f"vision_rope={vision_rope!r}: unknown; fix: 'grid' (patch-centre positions) or 'packed'")
+            raise ConfigError(f"vision_rope={vision_rope!r}: unknown; fix: 'grid' (patch-centre positions) or 'packed'")
         self.vision_rope = vision_rope
         self._reducers: dict[tuple, nn.Module] = {}
         self.dropping = dropping or DroppingConfig()
+
+    @classmethod
+    def from_config(cls, config: VlmConfig, vit_state: dict[str, Tensor] | None = None,
+                    vit_source: str = "vision_init_from") -> "VisionLanguageModel":
+        """Build the towers from the config; ``vit_state`` (a pretrained tower's weights) starts the ViT.
+
+        ``model.config`` is the config in release form: the LM as its full config dict and the
+        tower without pretrained weights, so a release rebuilds it offline before loading weights.
+        """
+        if config.missing():
+            raise ConfigError(f"VisionLanguageModel needs net.{config.missing()[0]}; fix: set it, or train with "
+                              f"litbrain.datamodules.VqaDataModule, whose tokenizer provides it")
+        lm = causal_lm(config.lm, config.attn_implementation)
+        vit = vision_tower(config.vision)
+        if vit_state is not None:
+            try:
+                vit.load_state_dict(vit_state, strict=True)
+            except RuntimeError as err:
+                last = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()][-1]
+                raise ConfigError(f"{vit_source}: its vision tower does not match net.vision ({last[:200]}); fix: use "
+                                  f"the same vision sizes in both configs") from None
+        ids = {k: getattr(config, k) if getattr(config, k) is not None else getattr(lm.config, f"{k[:-3]}_token_id", None)
+               for k in ("bos_id", "eos_id", "pad_id")}
+        if ids["pad_id"] is None:
+            ids["pad_id"] = ids["eos_id"]
+        missing = [k for k, v in ids.items() if v is None]
+        if missing:
+            raise ConfigError(f"net.{missing[0]} is unknown (not in the LM config nor the tokenizer); fix: set it")
+        model = cls(vit, lm, dropping=config.dropping, projector_hidden=config.projector_hidden,
+                    vision_pos=config.vision_pos, vision_rope=config.vision_rope, **ids)
+        model.config = config.replace(lm=_lm_config_dict(lm), vision=config.vision.__class__(
+            config.vision.encoder, False, dict(config.vision.kwargs), None), **ids)
+        return model
 
     @property
     def dropping(self) -> DroppingConfig:
@@ -298,6 +362,8 @@ class VisionLanguageModel(nn.Module):
         pol = cfg.policy(self.n_patches)
         check_lm(self.lm, need_weights=pol.needs_weights())
         self._dropping = cfg
+        if getattr(self, "config", None) is not None:
+            self.config = self.config.replace(dropping=cfg)
 
     def _active(self) -> DroppingConfig:
         if self.training and not self._dropping.in_training:
@@ -439,3 +505,83 @@ class VisionLanguageModel(nn.Module):
             want = [t for t, k in zip(a, m) if k]  # answer words + <eos>
             out.append(g[: len(want)] == want)
         return torch.tensor(out, dtype=torch.bool, device=generated.device)
+
+
+# ------------------------------------------------------------------------- the tower's pretraining model
+@dataclass
+class VisionTowerConfig(ModelConfig):
+    """A VLM's vision tower with the heads of its scene pretraining (:class:`SceneVisionTower`).
+
+    Args:
+        vision: the tower (:class:`~litbrain.nn.encoders.VisionTowerSpec`).
+        grid: board cells per side; the patch grid must divide into ``grid x grid`` windows.
+        n_colours / n_shapes: the world's object colours and shapes (+1 class each for "empty").
+    """
+
+    model_type = "vision_tower"
+
+    vision: VisionTowerSpec = field(default_factory=VisionTowerSpec)
+    grid: int = 3
+    n_colours: int = 4
+    n_shapes: int = 3
+
+    def __post_init__(self) -> None:
+        if isinstance(self.vision, dict):
+            from litbrain.nn.registry import dataclass_from_dict
+
+            self.vision = dataclass_from_dict(VisionTowerSpec, self.vision, "net.vision")
+
+    @classmethod
+    def examples(cls) -> list["VisionTowerConfig"]:
+        return [cls(vision=_tiny_vit(), grid=3)]
+
+    def example_input(self, batch_size: int = 2, seed: int = 0) -> Tensor:
+        side = int(self.vision.kwargs.get("img_size", 224))
+        return torch.randn(batch_size, 3, side, side, generator=torch.Generator().manual_seed(seed))
+
+    def card(self) -> ModelCard:
+        return ModelCard(
+            title="litbrain vision tower (scene pretraining)",
+            summary=(f"A ViT ({self.vision.encoder}) pretrained to read each of {self.grid} x {self.grid} board cells\n"
+                     "(colour and shape) and the scene's objects; a VLM loads it by `vision_init_from`."),
+            tags=["vision", "vit", "scene-pretraining"],
+            usage="colour, shape, scene = model(images)  # images: (batch, 3, H, W) float tensor",
+        )
+
+
+class SceneVisionTower(nn.Module):
+    """A ViT + per-cell colour / shape heads (pooled patch tokens) + a scene head on the CLS token."""
+
+    config_class = VisionTowerConfig
+
+    def __init__(self, config: VisionTowerConfig | None = None, **kwargs: Any) -> None:
+        super().__init__()
+        from litbrain.nn.vision_reduction import VisionTokenReducer
+
+        config = config if config is not None else VisionTowerConfig(**kwargs)
+        self.vit = vision_tower(config.vision)
+        self.config = config.replace(vision=config.vision.__class__(config.vision.encoder, False,
+                                                                    dict(config.vision.kwargs), None))
+        dense = VisionTokenReducer(self.vit, method="none")
+        side = int(round(dense.num_patches ** 0.5))
+        if side * side != dense.num_patches or side % config.grid:
+            raise ConfigError(f"net.grid={config.grid}: the ViT's {dense.num_patches} patches are not a square grid "
+                              f"divisible into {config.grid} x {config.grid} cells; fix: match image_size / patch_size "
+                              f"to the board")
+        object.__setattr__(self, "_tokens", dense)  # wraps self.vit; kept out of the module tree (no new weights)
+        self.side, self.grid = side, int(config.grid)
+        self.colour_head = nn.Linear(dense.embed_dim, config.n_colours + 1)
+        self.shape_head = nn.Linear(dense.embed_dim, config.n_shapes + 1)
+        self.scene_head = nn.Linear(dense.embed_dim, config.n_colours * config.n_shapes)
+
+    def cell_features(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, grid**2, D)`` patch tokens averaged over each cell's window (row-major), and the CLS token ``(B, D)``."""
+        vt = self._tokens(images)  # tokens (B, N, D), spatial order
+        B, _, D = vt.tokens.shape
+        grid_tok = vt.tokens.transpose(1, 2).reshape(B, D, self.side, self.side)
+        return F.adaptive_avg_pool2d(grid_tok, self.grid).flatten(2).transpose(1, 2), vt.cls
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-cell colour ``(B, cells, C+1)`` and shape ``(B, cells, S+1)`` logits, scene logits ``(B, C*S)``."""
+        f, cls = self.cell_features(images)
+        return self.colour_head(f), self.shape_head(f), self.scene_head(cls)
