@@ -1,6 +1,14 @@
-"""LightningModules, one file per task family."""
+"""LightningModules: :mod:`.base` (what every task shares) + one file per family.
 
-from litbrain.tasks.fmri_decoding import FmriDecodingTask, SubjectMismatchError
+A task's ``model.class_path`` may be given short (``FmriDecodingTask``) or dotted
+(``litbrain.tasks.FmriDecodingTask``).
+"""
+
+from litbrain.tasks.base import LitbrainTask, merge_subjects
+from litbrain.tasks.fmri_decoding import FmriDecodingTask
+from litbrain.tasks.scene_pretrain import ScenePretrainTask
 from litbrain.tasks.seeg_decoding import SeegDecodingTask
+from litbrain.tasks.vlm import VisionLanguageTask
 
-__all__ = ["FmriDecodingTask", "SeegDecodingTask", "SubjectMismatchError"]
+__all__ = ["FmriDecodingTask", "LitbrainTask", "ScenePretrainTask", "SeegDecodingTask", "VisionLanguageTask",
+           "merge_subjects"]

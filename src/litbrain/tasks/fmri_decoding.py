@@ -10,33 +10,18 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from litbrain import losses
+from litbrain.errors import ConfigError, SubjectMismatchError
 from litbrain.metrics import RetrievalMetrics
-from litbrain.nn import BrainDecoder, freeze_all_but_adapters
-from litbrain.nn.subject_adapter import AdapterKind
+from litbrain.nn.fmri_decoder import BrainDecoder, BrainDecoderConfig
+from litbrain.nn.subject_adapter import freeze_all_but_adapters
+from litbrain.tasks.base import LitbrainTask, merge_subjects
 
-
-class SubjectMismatchError(ValueError):
-    """A checkpoint's adapters do not fit the data (voxel counts differ)."""
-
-
-def merge_subjects(known: dict[str, int], data: dict[str, int], source: str) -> dict[str, int]:
-    """Union of a checkpoint's subjects and the data's; a shared subject must agree on size."""
-    for s, n in data.items():
-        if s in known and int(known[s]) != int(n):
-            raise SubjectMismatchError(
-                f"{source}: the adapter of subject {s!r} expects {known[s]} voxels but the data has {n}; "
-                f"fix: prepare {s} with the same ROI mask as the checkpoint, or train a new adapter "
-                f"under another subject id"
-            )
-    merged = {k: int(v) for k, v in known.items()}
-    merged.update({k: int(v) for k, v in data.items()})
-    return merged
+__all__ = ["FmriDecodingTask", "decoder_loss"]
 
 
 def decoder_loss(
@@ -88,36 +73,12 @@ def decoder_loss(
     return loss, logs
 
 
-def build_optimizer(
-    module: nn.Module, h: Any, total_steps: int
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW (no weight decay on biases and norm gains) + a one-cycle schedule over ``total_steps``.
-
-    Shared by the task and the benchmark's bare PyTorch loop, so both optimise identically.
-    """
-    decay, no_decay = [], []
-    for p in module.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 else decay).append(p)
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": h.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=h.lr
-    )
-    if total_steps < 4:  # too short for a warm-up and an annealing phase (smoke runs)
-        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    # OneCycleLR divides by the warm-up length in steps: it must be at least 2 steps.
-    pct = min(max(h.warmup_fraction, 2.0 / total_steps), 0.5)
-    return opt, torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=h.lr, total_steps=total_steps, pct_start=pct, final_div_factor=1000
-    )
-
-
-class FmriDecodingTask(L.LightningModule):
+class FmriDecodingTask(LitbrainTask):
     """Adapters -> shared residual MLP -> image/text heads, trained contrastively.
 
     Args:
-        subject_voxels: voxel count per subject id; taken from the datamodule when omitted.
-        image_embedding_shape / text_embedding_dim: target shapes; from the datamodule when omitted.
-        width, n_blocks, adapter, adapter_dropout, dropout, projector: see ``BrainDecoder``.
+        net: the decoder's config (:class:`~litbrain.nn.fmri_decoder.BrainDecoderConfig`: width,
+            n_blocks, adapter, ...); subjects and target shapes come from the datamodule when omitted.
         lr: peak learning rate of the one-cycle schedule (MindEye2: 3e-4).
         weight_decay: AdamW weight decay (MindEye2's "ridge" adapters use 1e-2).
         warmup_fraction: fraction of steps spent warming up in the one-cycle schedule.
@@ -128,23 +89,18 @@ class FmriDecodingTask(L.LightningModule):
         text_temperature: temperature of the text InfoNCE.
         image_mse_weight: optional MSE between the image head output and the target (0 = off).
         retrieval_pool / retrieval_draws: evaluation protocol (300 samples, 30 draws).
-        init_from: a Lightning checkpoint or release folder whose weights initialise the model;
-            subjects of the data that it lacks get fresh adapters (new-subject transfer).
+        init_from: a Lightning checkpoint, release folder or Hub repo id of a decoder whose config and
+            weights start the model; subjects of the data that it lacks get fresh adapters
+            (new-subject transfer).
         freeze: "all_but_adapters" trains only the adapters of the data's subjects (STTM);
             "none" fine-tunes everything (MindEye2).
     """
 
+    config_class = BrainDecoderConfig
+
     def __init__(
         self,
-        subject_voxels: dict[str, int] | None = None,
-        image_embedding_shape: list[int] | None = None,
-        text_embedding_dim: int | None = None,
-        width: int = 4096,
-        n_blocks: int = 4,
-        adapter: AdapterKind = "linear",
-        adapter_dropout: float = 0.5,
-        dropout: float = 0.15,
-        projector: bool = True,
+        net: BrainDecoderConfig | None = None,
         lr: float = 3e-4,
         weight_decay: float = 1e-2,
         warmup_fraction: float = 0.1,
@@ -165,104 +121,84 @@ class FmriDecodingTask(L.LightningModule):
     ) -> None:
         super().__init__()
         if freeze not in ("none", "all_but_adapters"):
-            raise ValueError(f"model.freeze={freeze!r}; fix: use 'none' or 'all_but_adapters'")
+            raise ConfigError(f"model.freeze={freeze!r}; fix: use 'none' or 'all_but_adapters'")
         self.save_hyperparameters()
+        self.init_net(net)
         self.model: BrainDecoder | None = None
         self._data_subjects: list[str] = []
+        self._init_state: dict[str, torch.Tensor] | None = None
         self._val_metrics = nn.ModuleDict()
         self._test_metrics = nn.ModuleDict()
 
-    # ------------------------------------------------------------------ building
-    def _hparams_from_datamodule(self) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is None:
-            return
-        data_subjects = {s: int(n) for s, n in dm.subject_voxels.items()}
-        self._data_subjects = list(data_subjects)
-        known = dict(self.hparams.subject_voxels or {})
-        init_subjects: dict[str, int] = {}
-        if self.hparams.init_from and self.model is None:
-            from litbrain.hub import read_decoder_config
+    def checkpoint_monitor(self) -> tuple[str, str] | None:
+        return ("val/brain_to_image", "max")  # mean over subjects of val top-1 brain->image
 
-            cfg = read_decoder_config(self.hparams.init_from)
-            init_subjects = cfg["subjects"]
-            for key in ("image_embedding_shape", "text_embedding_dim", "width", "n_blocks", "adapter", "projector"):
-                if key in cfg:
-                    self.hparams[key] = cfg[key]
-        if init_subjects:
-            merge_subjects(init_subjects, data_subjects, f"model.init_from={self.hparams.init_from}")
-            known = merge_subjects(init_subjects, known, f"model.init_from={self.hparams.init_from}")
-        self.hparams.subject_voxels = merge_subjects(known, data_subjects, "model.subject_voxels")
-        if self.hparams.image_embedding_shape is None:
-            self.hparams.image_embedding_shape = list(dm.image_embedding_shape)
-        elif tuple(self.hparams.image_embedding_shape) != tuple(dm.image_embedding_shape):
-            raise SubjectMismatchError(
-                f"model.image_embedding_shape={list(self.hparams.image_embedding_shape)} but the data's "
-                f"targets have shape {list(dm.image_embedding_shape)}; fix: prepare matching targets"
-            )
-        if self.hparams.text_embedding_dim is None and dm.text_embedding_dim:
-            self.hparams.text_embedding_dim = int(dm.text_embedding_dim)
+    # ------------------------------------------------------------------ building
+    def _net_from_data(self) -> None:
+        """Fill the config from init_from (its architecture and subjects) and the datamodule (subjects, shapes)."""
+        net = self.net
+        h = self.hparams
+        source = "model.init_args.net.subjects"
+        if h.init_from:
+            source = f"model.init_args.init_from={h.init_from}"
+        if h.init_from and self.model is None and self._init_state is None:
+            src = self.read_init(h.init_from)
+            key = source
+            net = src.config.replace(subjects=merge_subjects(src.config.subjects, net.subjects or {}, key, "voxels"),
+                                     dropout=net.dropout, adapter_dropout=net.adapter_dropout)
+            self._init_state = src.state
+        dm = self.datamodule
+        if dm is not None:
+            data_subjects = {s: int(n) for s, n in dm.subject_voxels.items()}
+            self._data_subjects = list(data_subjects)
+            subjects = merge_subjects(net.subjects or {}, data_subjects, source, "voxels")
+            shape = list(dm.image_embedding_shape)
+            if net.image_embedding_shape is not None and list(net.image_embedding_shape) != shape:
+                raise SubjectMismatchError(
+                    f"model.init_args.net.image_embedding_shape={list(net.image_embedding_shape)} but the data's "
+                    f"targets have shape {shape}; fix: prepare matching targets")
+            text = net.text_embedding_dim if net.text_embedding_dim is not None else (
+                int(dm.text_embedding_dim) if dm.text_embedding_dim else None)
+            net = net.replace(subjects=subjects, image_embedding_shape=shape, text_embedding_dim=text)
+        self.net = net
 
     def setup(self, stage: str) -> None:
-        self._hparams_from_datamodule()
-        if not self.hparams.subject_voxels or self.hparams.image_embedding_shape is None:
-            raise ValueError(
-                "FmriDecodingTask needs model.subject_voxels and model.image_embedding_shape, "
-                "or a datamodule that provides them (data.data_dir)"
-            )
-        for s in self._data_subjects or list(self.hparams.subject_voxels):
+        self._net_from_data()
+        net = self.net
+        if net.missing():
+            raise ConfigError(f"FmriDecodingTask needs model.init_args.net.{net.missing()[0]}, or a datamodule that "
+                              f"provides it (data.init_args.data_dir)")
+        for s in self._data_subjects or list(net.subjects):
             self._val_metrics[s] = RetrievalMetrics(self.hparams.retrieval_pool, self.hparams.retrieval_draws)
             self._test_metrics[s] = RetrievalMetrics(self.hparams.retrieval_pool, self.hparams.retrieval_draws)
-
-    def build_decoder(self) -> BrainDecoder:
-        h = self.hparams
-        return BrainDecoder(
-            subjects=dict(h.subject_voxels),
-            image_embedding_shape=list(h.image_embedding_shape),
-            text_embedding_dim=h.text_embedding_dim,
-            width=h.width,
-            n_blocks=h.n_blocks,
-            adapter=h.adapter,
-            adapter_dropout=h.adapter_dropout,
-            dropout=h.dropout,
-            projector=h.projector,
-        )
 
     def configure_model(self) -> None:
         # Layers are built here, not in __init__, so DeepSpeed ZeRO-3 can shard them at init.
         if self.model is not None:
             return
-        if not self.hparams.subject_voxels:
+        if self.net.missing():
             self.setup("fit")
-        self.model = self.build_decoder()
-        if self.hparams.init_from:
-            from litbrain.hub import read_decoder_state_dict
-
-            state = read_decoder_state_dict(self.hparams.init_from)
-            missing, unexpected = self.model.load_state_dict(state, strict=False)
-            new = set(self.hparams.subject_voxels) - {k.split(".")[2] for k in state if k.startswith("adapter.maps.")}
-            bad_missing = [k for k in missing if not any(k.startswith(f"adapter.maps.{s}.") for s in new)]
-            if bad_missing or unexpected:
-                raise SubjectMismatchError(
-                    f"model.init_from={self.hparams.init_from}: weights do not fit the model "
-                    f"(missing {bad_missing[:5]}, unexpected {unexpected[:5]}); fix: use a checkpoint "
-                    f"of the same architecture"
-                )
+        self.model = BrainDecoder(self.net)
+        if self._init_state is not None:
+            known = {k.split(".")[2] for k in self._init_state if k.startswith("adapter.maps.")}
+            key = self.model.adapter._key
+            new = [f"adapter.maps.{key(s)}." for s in self.net.subjects if key(s) not in known]
+            self.load_weights(self.model, self._init_state, "model.init_from", self.hparams.init_from, new)
         if self.hparams.freeze == "all_but_adapters":
             freeze_all_but_adapters(self.model, self._data_subjects or None)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Called after configure_model and before the weights load: make sure the model has
         # every adapter the checkpoint holds, and that shared subjects agree on voxel counts.
-        saved = checkpoint.get("hyper_parameters", {}).get("subject_voxels") or {}
+        saved = (checkpoint.get("hyper_parameters", {}).get("net") or {}).get("subjects") or {}
         if self.model is None or not saved:
             return
         current = self.model.subjects
-        merge_subjects(saved, current, "checkpoint")
+        merged = merge_subjects(saved, current, "checkpoint", "voxels")
         for s, n in saved.items():
             if s not in current:
-                self.model.adapter.add_subject(s, int(n))
-        self.hparams.subject_voxels = merge_subjects(saved, current, "checkpoint")
+                self.model.add_subject(s, int(n))
+        self.net = self.net.replace(subjects=merged)
 
     # ------------------------------------------------------------------ training
     def forward(self, brain: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -288,26 +224,17 @@ class FmriDecodingTask(L.LightningModule):
         return loss
 
     # ------------------------------------------------------------------ evaluation
-    def _subject_of(self, batch: dict[str, Any]) -> str:
-        (subject,) = batch["brain"].keys()  # evaluation loaders hold one subject each
-        return subject
-
     def _eval_step(self, batch: dict[str, Any], metrics: nn.ModuleDict) -> None:
-        subject = self._subject_of(batch)
         out = self(batch["brain"])
-        metrics[subject].update(out["image_projection"], batch["image_embedding"])
+        metrics[self.subject_of(batch)].update(out["image_projection"], batch["image_embedding"])
 
     def _eval_epoch_end(self, metrics: nn.ModuleDict, prefix: str) -> None:
-        totals: dict[str, list[torch.Tensor]] = {}
+        values = {}
         for subject, metric in metrics.items():
-            if not metric.update_called:
-                continue
-            for name, value in metric.compute().items():
-                self.log(f"{prefix}/{subject}/{name}", value, sync_dist=False)
-                totals.setdefault(name, []).append(value)
-            metric.reset()
-        for name, values in totals.items():
-            self.log(f"{prefix}/{name}", torch.stack(values).mean(), prog_bar=name != "chance")
+            if metric.update_called:
+                values[subject] = metric.compute()
+                metric.reset()
+        self.log_per_subject(prefix, values, prog_bar=("brain_to_image", "image_to_brain", "two_way_identification"))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, self._val_metrics)
@@ -323,10 +250,4 @@ class FmriDecodingTask(L.LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         out = self(batch["brain"])
-        return {"subject": self._subject_of(batch), "stimulus": batch["stimulus"], **out}
-
-    # ------------------------------------------------------------------ optimisation
-    def configure_optimizers(self) -> dict[str, Any]:
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        opt, sched = build_optimizer(self, self.hparams, total)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return {"subject": self.subject_of(batch), "stimulus": batch["stimulus"], **out}

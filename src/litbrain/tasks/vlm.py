@@ -18,57 +18,53 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 import torch
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAccuracy
 
-from litbrain.nn.vlm import DroppingConfig, VisionLanguageModel, build_causal_lm, build_vision_encoder
-from litbrain.tasks.fmri_decoding import build_optimizer
+from litbrain.errors import ConfigError
+from litbrain.nn.vlm import DroppingConfig, VisionLanguageModel, VlmConfig
+from litbrain.tasks.base import LitbrainTask, read_source
+from litbrain.utils.checkpoint import strip_prefix
 
 __all__ = ["VisionLanguageTask"]
 
 QTYPES = ("colour", "shape", "exists", "count")
 
 
-class VisionLanguageTask(L.LightningModule):
+def tokenizer_files(tokenizer: Any) -> dict[str, str]:
+    """A Hugging Face tokenizer's saved files as ``{name: text}`` (kept in checkpoints, written into releases)."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="litbrain-tok-") as tmp:
+        tokenizer.save_pretrained(tmp)
+        return {p.name: p.read_text() for p in sorted(Path(tmp).iterdir()) if p.is_file()}
+
+
+class VisionLanguageTask(LitbrainTask):
     """ViT -> projector -> causal LM with MustDrop / ToMe / FastV token dropping.
 
     Args:
-        vision: ``{"library": "timm"|"open_clip", "name": ..., "pretrained": ..., "kwargs": {...}}``
-            (see :func:`litbrain.nn.vlm.build_vision_encoder`).
-        lm: a Hugging Face model id (``from_pretrained``) or a config dict with ``model_type``
-            (``llama`` / ``qwen2`` / ``mistral``) for a locally built LM; ``vocab_size`` and the
-            special token ids default to the datamodule's tokenizer.
-        attn_implementation: the LM's attention; dropping needs ``eager`` (attention weights).
-        dropping: a :class:`~litbrain.nn.vlm.DroppingConfig` as a dict (method, stages, keep, ...).
-        projector_hidden: hidden width of the projector (default: the LM width).
-        vision_pos: ``"sincos"``: add a 2-D sine-cosine embedding of each vision token's patch centre
-            to the projected tokens (see :class:`~litbrain.nn.vlm.VisionLanguageModel`).
-        vision_rope: ``"grid"`` (default): vision tokens keep their patch centre's position in the LM,
-            so merging never shifts positions; ``"packed"``: consecutive positions.
-        bos_id / eos_id / pad_id: special token ids (default: from the datamodule's tokenizer).
-        vision_init_from: a :class:`~litbrain.tasks.scene_pretrain.ScenePretrainTask` checkpoint whose
-            tower weights start ``vision`` (LLaVA starts from a pretrained CLIP tower; this is the
-            offline stand-in). Same ``vision`` sizes required.
+        net: the model's config (:class:`~litbrain.nn.vlm.VlmConfig`: ``vision`` tower spec, ``lm``
+            as a Hugging Face id or config dict, ``dropping``, ...); the LM's vocabulary and special
+            ids come from the datamodule's tokenizer when omitted.
+        init_from: a checkpoint, release folder or Hub repo id of a VLM whose weights start the model.
+        vision_init_from: a checkpoint or release of a ``vision_tower`` (configs/vlm/vision_pretrain.yaml)
+            whose tower weights start ``net.vision`` (LLaVA starts from a pretrained CLIP tower; this is
+            the offline stand-in). Same tower sizes required.
         freeze_vision / freeze_lm: train only the other parts (LLaVA stage 1 = both frozen).
         lr / weight_decay / warmup_fraction: AdamW + one-cycle schedule.
         max_new_tokens: greedy decoding length in validation / test.
     """
 
+    config_class = VlmConfig
+
     def __init__(
         self,
-        vision: dict[str, Any] | None = None,
-        lm: str | dict[str, Any] | None = None,
-        attn_implementation: str = "eager",
-        dropping: dict[str, Any] | None = None,
-        projector_hidden: int | None = None,
-        vision_pos: str | None = None,
-        vision_rope: str = "grid",
-        bos_id: int | None = None,
-        eos_id: int | None = None,
-        pad_id: int | None = None,
+        net: VlmConfig | None = None,
+        init_from: str | None = None,
         vision_init_from: str | None = None,
         freeze_vision: bool = False,
         freeze_lm: bool = False,
@@ -79,8 +75,10 @@ class VisionLanguageTask(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.dropping_config = DroppingConfig(**(dropping or {}))
+        self.init_net(net)
+        self.dropping_config = self.net.dropping
         self.model: VisionLanguageModel | None = None
+        self._tokenizer_files: dict[str, str] = {}
         self.val_acc = BinaryAccuracy()
         self.test_acc = BinaryAccuracy()
         self.val_tokens = MeanMetric()
@@ -88,47 +86,41 @@ class VisionLanguageTask(L.LightningModule):
         self.val_type_acc = nn.ModuleDict({q: BinaryAccuracy() for q in QTYPES})
         self.test_type_acc = nn.ModuleDict({q: BinaryAccuracy() for q in QTYPES})
 
+    def checkpoint_monitor(self) -> tuple[str, str] | None:
+        return ("val/acc", "max")  # exact-match answer accuracy (greedy decoding with dropping)
+
     # ------------------------------------------------------------------ building
     def _from_datamodule(self) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        tok = getattr(dm, "tokenizer", None)
+        tok = getattr(self.datamodule, "tokenizer", None)
         if tok is None:
             return
-        h = self.hparams
-        for name, val in (("bos_id", tok.bos_id), ("eos_id", tok.eos_id), ("pad_id", tok.pad_id)):
-            if h[name] is None:
-                h[name] = int(val)
-        if isinstance(h.lm, dict):
-            lm = dict(h.lm)
-            lm.setdefault("vocab_size", int(dm.vocab_size))
-            lm.setdefault("pad_token_id", int(tok.pad_id))
-            lm.setdefault("bos_token_id", int(tok.bos_id))
-            lm.setdefault("eos_token_id", int(tok.eos_id))
-            h.lm = lm
+        net = self.net
+        ids = {k: getattr(net, k) if getattr(net, k) is not None else int(getattr(tok, f"{k[:-3]}_token_id"))
+               for k in ("bos_id", "eos_id", "pad_id")}
+        lm = net.lm
+        if isinstance(lm, dict):
+            lm = {"vocab_size": len(tok), "pad_token_id": ids["pad_id"], "bos_token_id": ids["bos_id"],
+                  "eos_token_id": ids["eos_id"], **lm}
+        self.net = net.replace(lm=lm, **ids)
+        if not self._tokenizer_files:
+            self._tokenizer_files = tokenizer_files(tok)
 
     def build_model(self) -> VisionLanguageModel:
+        net = self.net
+        if net.lm is None:
+            raise ConfigError("VisionLanguageTask needs model.init_args.net.lm (see configs/vlm/synthetic_demo.yaml)")
+        if isinstance(net.lm, dict) and "vocab_size" not in net.lm:
+            raise ConfigError("model.init_args.net.lm is a config dict without vocab_size and no datamodule tokenizer "
+                              "provides one; fix: set net.lm.vocab_size or use litbrain.datamodules.VqaDataModule")
         h = self.hparams
-        if h.vision is None or h.lm is None:
-            raise ValueError("VisionLanguageTask needs model.vision and model.lm (see configs/vlm/synthetic_demo.yaml)")
-        if isinstance(h.lm, dict) and "vocab_size" not in h.lm:
-            raise ValueError("model.lm is a config dict without vocab_size and no datamodule tokenizer provides one; "
-                             "fix: set model.lm.vocab_size or use litbrain.datamodules.VqaDataModule")
-        lm = build_causal_lm(h.lm, h.attn_implementation)
-        ids = {k: h[k] if h[k] is not None else getattr(lm.config, f"{k[:-3]}_token_id", None)
-               for k in ("bos_id", "eos_id", "pad_id")}
-        if ids["pad_id"] is None:
-            ids["pad_id"] = ids["eos_id"]
-        missing = [k for k, v in ids.items() if v is None]
-        if missing:
-            raise ValueError(f"model.{missing[0]} is unknown (not in the LM config nor the datamodule); fix: set it")
-        vit = build_vision_encoder(h.vision)
-        if h.get("vision_init_from"):
-            from litbrain.tasks.scene_pretrain import load_pretrained_vision
-
-            load_pretrained_vision(vit, h.vision_init_from)
-        model = VisionLanguageModel(vit, lm, dropping=self.dropping_config, projector_hidden=h.projector_hidden,
-                                    vision_pos=h.get("vision_pos"),
-                                    vision_rope=h.get("vision_rope", "grid"), **ids)
+        vit_state = None
+        if h.vision_init_from:
+            vit_state = strip_prefix(read_tower(h.vision_init_from).state, "vit.")
+        model = VisionLanguageModel.from_config(net, vit_state, f"model.init_args.vision_init_from={h.vision_init_from}")
+        if h.init_from:
+            src = self.read_init(h.init_from)
+            self.load_weights(model, src.state, "model.init_args.init_from", h.init_from)
+            self._tokenizer_files = self._tokenizer_files or dict(src.files)
         if h.freeze_vision:
             model.vit.requires_grad_(False)
         if h.freeze_lm:
@@ -144,6 +136,14 @@ class VisionLanguageTask(L.LightningModule):
             return
         self._from_datamodule()
         self.model = self.build_model()
+        self.net = self.model.config  # release form: the LM as its full config dict
+
+    def release_files(self) -> dict[str, str]:
+        # The tokenizer travels with the weights: `litbrain export` writes these files into the release.
+        return dict(self._tokenizer_files)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._tokenizer_files = dict((checkpoint.get("litbrain") or {}).get("files") or self._tokenizer_files)
 
     def set_dropping(self, dropping: DroppingConfig | dict[str, Any]) -> None:
         """Swap the dropping setting (e.g. evaluate a densely trained model with MustDrop)."""
@@ -151,6 +151,10 @@ class VisionLanguageTask(L.LightningModule):
         self.dropping_config = cfg
         if self.model is not None:
             self.model.dropping = cfg
+
+    def optimized_module(self) -> nn.Module:
+        assert self.model is not None
+        return self.model
 
     # ------------------------------------------------------------------ steps
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -205,8 +209,12 @@ class VisionLanguageTask(L.LightningModule):
         assert self.model is not None
         return self.model.generate(batch, self.hparams.max_new_tokens)[0]
 
-    def configure_optimizers(self) -> Any:
-        assert self.model is not None
-        steps = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1000
-        opt, sched = build_optimizer(self.model, self.hparams, max(int(steps), 1))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+def read_tower(path: str):
+    """Config + weights of a ``vision_tower`` checkpoint or release (refuses other model types)."""
+    src = read_source(path, "model.init_args.vision_init_from")
+    if src.config.model_type != "vision_tower":
+        raise ConfigError(f"model.init_args.vision_init_from={path}: holds a {src.config.model_type!r} model, not a "
+                          f"'vision_tower'; fix: point it at the last.ckpt of a `litbrain fit --config "
+                          f"configs/vlm/vision_pretrain.yaml` run, or its release")
+    return src
