@@ -1,68 +1,36 @@
-"""Data layer of litbrain: LightningDataModules, dataset readers and synthetic generators.
+"""Data layer of litbrain: DataModules, dataset readers, prepare steps and synthetic worlds.
 
-Imported as ``litbrain.datamodules`` (pyproject maps the package to this folder). Never imports
-``litbrain.tasks``; batches are plain dicts with documented keys (see :mod:`.fmri`).
+Imported as ``litbrain.datamodules`` (the folder lives at the top level of the repository).
+Knows files and formats, never tasks or models: batches are plain dicts with documented keys.
+One sub-package per family, each with its DataModule (``datamodule``), its ``prepare`` step and
+its ``synthetic`` generator (which knows its own oracle); :mod:`.base` holds what the
+multi-subject DataModules share, :mod:`.io` the readers and writers, :mod:`.targets` the
+embedding targets computed by frozen encoders.
 
-The DataModule (which needs Lightning, a slow import) is loaded lazily, so ``prepare_fmri`` and
-``synthesize_fmri`` stay light; ``embed_images`` / ``embed_captions`` import torch and the encoder
-libraries only when called.
+Names are imported on first access, so ``prepare`` and ``synthesize`` do not pay for Lightning.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ._io import DataError
-from .fmri_prepare import list_raw_subjects, prepare_fmri
-from .fmri_synthetic import load_truth, synthesize_fmri, synthetic_oracle, true_image_embedding, true_text_embedding
-from .seeg_prepare import list_bids_subjects, prepare_seeg, read_seeg_file
-from .seeg_synthetic import load_seeg_truth, seeg_oracle_accuracy, seeg_word_labels, synthesize_seeg
-from .targets import FrozenImageEncoder, FrozenTextEncoder, embed_captions, embed_images
+from litbrain.errors import DataError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .fmri import FmriDataModule, MultiSubjectBatchSampler, read_manifest
-    from .seeg import SeegDataModule, labelled_subset, read_seeg_manifest
-    from .vqa import VqaDataModule
-    from .vqa_synthetic import WordTokenizer, make_item, render_scene, vqa_chance_accuracy
-
-# name -> submodule, imported on first access
+# name -> submodule that defines it, imported on first access
 _LAZY = {
-    "FmriDataModule": "fmri", "MultiSubjectBatchSampler": "fmri", "read_manifest": "fmri",
-    "SeegDataModule": "seeg", "read_seeg_manifest": "seeg", "labelled_subset": "seeg",
-    "VqaDataModule": "vqa", "WordTokenizer": "vqa_synthetic", "make_item": "vqa_synthetic",
-    "render_scene": "vqa_synthetic", "vqa_chance_accuracy": "vqa_synthetic",
+    "MultiSubjectBatchSampler": "base", "MultiSubjectDataModule": "base", "ResumableDataLoader": "base",
+    "embed_images": "targets", "embed_captions": "targets",
+    "FmriDataModule": "fmri.datamodule", "read_manifest": "fmri.datamodule",
+    "prepare_fmri": "fmri.prepare", "list_raw_subjects": "fmri.prepare",
+    "synthesize_fmri": "fmri.synthetic", "synthetic_oracle": "fmri.synthetic", "load_truth": "fmri.synthetic",
+    "true_image_embedding": "fmri.synthetic", "true_text_embedding": "fmri.synthetic",
+    "SeegDataModule": "seeg.datamodule", "read_seeg_manifest": "seeg.datamodule", "labelled_subset": "seeg.datamodule",
+    "prepare_seeg": "seeg.prepare", "read_seeg_file": "seeg.prepare", "list_bids_subjects": "seeg.prepare",
+    "synthesize_seeg": "seeg.synthetic", "load_seeg_truth": "seeg.synthetic", "seeg_oracle_accuracy": "seeg.synthetic",
+    "seeg_word_labels": "seeg.synthetic",
+    "VqaDataModule": "vqa.datamodule", "world_tokenizer": "vqa.synthetic", "make_item": "vqa.synthetic",
+    "render_scene": "vqa.synthetic", "vqa_chance_accuracy": "vqa.synthetic",
 }
 
-__all__ = [
-    "DataError",
-    "FmriDataModule",
-    "MultiSubjectBatchSampler",
-    "read_manifest",
-    "prepare_fmri",
-    "list_raw_subjects",
-    "synthesize_fmri",
-    "synthetic_oracle",
-    "load_truth",
-    "true_image_embedding",
-    "true_text_embedding",
-    "embed_images",
-    "embed_captions",
-    "FrozenImageEncoder",
-    "FrozenTextEncoder",
-    "SeegDataModule",
-    "read_seeg_manifest",
-    "labelled_subset",
-    "prepare_seeg",
-    "read_seeg_file",
-    "list_bids_subjects",
-    "synthesize_seeg",
-    "load_seeg_truth",
-    "seeg_oracle_accuracy",
-    "seeg_word_labels",
-    "VqaDataModule",
-    "WordTokenizer",
-    "make_item",
-    "render_scene",
-    "vqa_chance_accuracy",
-]
+__all__ = ["DataError", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
@@ -75,4 +43,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
-

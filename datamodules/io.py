@@ -1,9 +1,5 @@
-"""Private I/O helpers for the data layer.
+"""I/O helpers of the data layer.
 
-* :class:`DataError` -- the one exception type for bad input; its message names the file or
-  field at fault and says how to fix it (``"<file>: <what is wrong>; fix: <what to do>"``).
-* :func:`atomic_dir` -- build a directory under a temporary name next to its destination and
-  rename it into place only when everything succeeded.
 * :func:`read_tsv` -- read a tab-separated table with required columns and clear errors.
 * :class:`NpyRowWriter` -- write a ``.npy`` file row block by row block with plain file writes
   (no writable memmap, so dirty pages never inflate the writer's RSS).
@@ -13,6 +9,11 @@
   object, dropping the mapped pages (``madvise(MADV_DONTNEED)``) every so often so the
   reader's RSS stays bounded however large the file is; pickles without the mapping so
   DataLoader workers reopen it lazily.
+* :func:`output_is_current` -- whether an output folder or file was already built from the same
+  inputs and parameters.
+
+Bad input is a :class:`litbrain.errors.DataError`; outputs are written with
+:mod:`litbrain.utils.io` (temporary name, then rename).
 """
 
 from __future__ import annotations
@@ -21,69 +22,23 @@ import contextlib
 import json
 import mmap
 import os
-import shutil
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from litbrain.errors import DataError
+from litbrain.utils.io import fmt_list as _fmt_list
+
 __all__ = [
     "DataError",
-    "atomic_dir",
     "read_tsv",
     "NpyRowWriter",
     "RowAccumulator",
     "MmapRows",
     "read_npy_header",
 ]
-
-
-class DataError(ValueError):
-    """Bad or missing input data. The message names the file/field and the fix."""
-
-
-def _fmt_list(items: Sequence[Any], limit: int = 8) -> str:
-    items = list(items)
-    shown = ", ".join(str(x) for x in items[:limit])
-    if len(items) > limit:
-        shown += f", ... ({len(items)} in all)"
-    return shown
-
-
-# ----------------------------------------------------------------------------- atomic dirs
-def _tmp_name(out_dir: Path, tag: str) -> Path:
-    return out_dir.parent / f".{out_dir.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-@contextlib.contextmanager
-def atomic_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a fresh temporary directory next to ``out_dir``; on success rename it to ``out_dir``.
-
-    On any exception (KeyboardInterrupt included) the temporary directory is removed and
-    ``out_dir`` is left as it was. With ``overwrite=True`` an existing ``out_dir`` is replaced
-    (moved aside, then deleted after the new one is in place); without it an existing
-    ``out_dir`` is an error.
-    """
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(out, "tmp")
-    tmp.mkdir()
-    try:
-        yield tmp
-        if out.exists():
-            if not overwrite:
-                raise DataError(f"{out}: already exists; fix: pass overwrite=True or choose another directory")
-            old = _tmp_name(out, "old")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # ----------------------------------------------------------------------------- TSV
@@ -315,6 +270,29 @@ class MmapRows:
     def __del__(self) -> None:  # pragma: no cover - best effort
         with contextlib.suppress(Exception):
             self.close()
+
+
+def read_manifest_json(data_dir: str | os.PathLike, what: str, prepare: str,
+                       accept: Callable[[dict], bool]) -> dict:
+    """``manifest.json`` of a prepared folder, checked by ``accept``; every failure is one DataError.
+
+    ``what`` names the kind of folder ("prepared fMRI dataset"), ``prepare`` the verb that writes it.
+    """
+    d = Path(data_dir)
+    if not d.is_dir():
+        raise DataError(f"{d}: {what} folder not found; fix: run `{prepare}` to create it, or correct data_dir")
+    mpath = d / "manifest.json"
+    if not mpath.is_file():
+        raise DataError(f"{mpath}: not found, {d} is not a {what}; fix: run `{prepare}` with this folder as out_dir")
+    try:
+        m = json.loads(mpath.read_text())
+    except Exception as exc:
+        raise DataError(f"{mpath}: unreadable ({exc}); fix: re-run `{prepare}` with --overwrite true") from None
+    if not isinstance(m, dict) or not accept(m):
+        got = {k: m.get(k) for k in ("kind", "format_version")} if isinstance(m, dict) else type(m).__name__
+        raise DataError(f"{mpath}: not a {what} of this litbrain version ({got}); fix: re-run `{prepare}` "
+                        f"with --overwrite true")
+    return m
 
 
 def output_is_current(out: Path, fingerprint: str, overwrite: bool, read_meta: Callable[[Path], dict | None],

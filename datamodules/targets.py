@@ -38,12 +38,10 @@ the file or field and the fix, and nothing is left behind.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
 import json
 import os
 import shutil
-import uuid
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -51,265 +49,24 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ._io import DataError, NpyRowWriter, _fmt_list, output_is_current, read_tsv
+from litbrain.errors import DataError
+from litbrain.nn.encoders import (
+    IMAGE_BACKENDS,
+    TEXT_BACKENDS,
+    FrozenImageEncoder,
+    FrozenTextEncoder,
+    parse_spec,
+)
+from litbrain.utils.io import atomic_file, remove_stale_temporaries, temporary_sibling
 
-__all__ = [
-    "embed_images",
-    "embed_captions",
-    "FrozenImageEncoder",
-    "FrozenTextEncoder",
-    "IMAGE_BACKENDS",
-    "TEXT_BACKENDS",
-]
+from .io import NpyRowWriter, _fmt_list, output_is_current, read_tsv
 
-IMAGE_BACKENDS = ("open_clip", "timm")
-TEXT_BACKENDS = ("open_clip", "hf")
+__all__ = ["embed_images", "embed_captions"]
+
 _META_VERSION = 1
 
 
-# ----------------------------------------------------------------------------- encoder names
-def _split_encoder(encoder: str, backends: Sequence[str], what: str) -> tuple[str, str]:
-    backend, sep, name = str(encoder).partition(":")
-    if not sep or backend not in backends or not name:
-        examples = ", ".join(f"'{b}:<model>'" for b in backends)
-        raise DataError(f"encoder={encoder!r}: unknown {what} encoder (backend prefix must be one of "
-                        f"{list(backends)}); fix: name it as {examples}, e.g. 'open_clip:ViT-bigG-14'")
-    return backend, name
-
-
-def _close(name: str, names: Sequence[str]) -> str:
-    near = difflib.get_close_matches(name, list(names), n=5, cutoff=0.5)
-    return f" (close: {near})" if near else ""
-
-
-def _read_json(path: str | os.PathLike, what: str) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p} (model_config): file not found; fix: pass the path of a JSON {what}")
-    try:
-        cfg = json.loads(p.read_text())
-    except Exception as exc:
-        raise DataError(f"{p} (model_config): not valid JSON ({exc}); fix: write a JSON object ({what})") from exc
-    if not isinstance(cfg, dict):
-        raise DataError(f"{p} (model_config): must hold a JSON object, got {type(cfg).__name__}; fix: write {what}")
-    return cfg
-
-
-def _check_device(device: str) -> None:
-    import torch
-
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise DataError(f"device={device!r}: CUDA is not available on this machine; fix: pass device='cpu'")
-
-
-@contextlib.contextmanager
-def _seeded(seed: int = 0) -> Iterator[None]:
-    """Seed torch's CPU RNG while a model is built (randomly initialised models are then the same
-    in every run), restoring the caller's RNG state afterwards."""
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
-def _weights_error(encoder: str, pretrained: Any, exc: BaseException) -> DataError:
-    return DataError(f"encoder={encoder!r} pretrained={pretrained!r}: cannot build the model or load its weights "
-                     f"({type(exc).__name__}: {exc}); fix: pretrained weights need a network once, or a filled "
-                     f"Hugging Face cache (then HF_HUB_OFFLINE=1 works), or a local checkpoint file as pretrained; "
-                     f"pretrained=None builds a randomly initialised model")
-
-
-# ----------------------------------------------------------------------------- open_clip
-def _open_clip_model(name: str, pretrained: str | None, model_config: str | None, device: str, encoder: str):
-    import open_clip
-
-    if model_config is not None:
-        cfg = _read_json(model_config, "open_clip model config (embed_dim, vision_cfg, text_cfg)")
-        missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in cfg]
-        if missing:
-            raise DataError(f"{model_config} (model_config): open_clip model config lacks {missing}; fix: give "
-                            f"embed_dim, vision_cfg and text_cfg as in open_clip's model_configs/*.json")
-        if Path(model_config).stem != name:
-            raise DataError(f"{model_config} (model_config): open_clip registers a config under its file name "
-                            f"'{Path(model_config).stem}', but encoder={encoder!r} names '{name}'; fix: rename the "
-                            f"file to {name}.json or use encoder='open_clip:{Path(model_config).stem}'")
-        open_clip.add_model_config(model_config)
-    schema = name.split(":", 1)[0] if name.startswith(("hf-hub:", "local-dir:")) else None
-    if schema is None and name not in open_clip.list_models():
-        raise DataError(f"encoder={encoder!r}: open_clip has no model '{name}'{_close(name, open_clip.list_models())}; "
-                        f"fix: pick a name from open_clip.list_models(), or pass model_config=<{name}.json>")
-    pretrained = pretrained or None
-    if schema is None and pretrained is not None and not Path(pretrained).is_file():
-        tags = open_clip.list_pretrained_tags_by_model(name)
-        if pretrained not in tags:
-            raise DataError(f"pretrained={pretrained!r}: not a pretrained tag of open_clip model '{name}' "
-                            f"(tags: {tags or 'none'}) nor a local file; fix: pass one of the tags, a checkpoint "
-                            f"path, or None for random weights")
-    try:
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
-    except DataError:
-        raise
-    except Exception as exc:
-        raise _weights_error(encoder, pretrained, exc) from exc
-    return model.eval().requires_grad_(False), preprocess
-
-
-# ----------------------------------------------------------------------------- image encoder
-class FrozenImageEncoder:
-    """A frozen image encoder (open_clip or timm) with its own eval preprocessing.
-
-    ``encoder(images)`` maps a sequence of PIL images to a float32 array ``(B, D)``
-    (``output="pooled"``) or ``(B, T, D)`` (``output="tokens"``). The model is in eval mode,
-    its parameters do not require gradients, and the forward pass runs under
-    ``torch.inference_mode``.
-    """
-
-    def __init__(self, encoder: str = "open_clip:ViT-bigG-14", pretrained: str | None = "laion2b_s39b_b160k",
-                 output: Literal["tokens", "pooled"] = "tokens", device: str = "cpu",
-                 model_config: str | None = None):
-        if output not in ("tokens", "pooled"):
-            raise DataError(f"output={output!r}: unknown; fix: pass 'tokens' or 'pooled'")
-        self.encoder, self.pretrained, self.output, self.device = str(encoder), pretrained, output, str(device)
-        self.backend, self.name = _split_encoder(encoder, IMAGE_BACKENDS, "image")
-        _check_device(self.device)
-        with _seeded():
-            self._build(pretrained, model_config)
-        self.model.eval().requires_grad_(False)
-
-    def _build(self, pretrained: str | None, model_config: str | None) -> None:
-        output, encoder = self.output, self.encoder
-        if self.backend == "open_clip":
-            clip, self.preprocess = _open_clip_model(self.name, pretrained, model_config, self.device, self.encoder)
-            self.model = clip.visual
-            if output == "tokens":
-                if not hasattr(self.model, "output_tokens"):
-                    raise DataError(f"encoder={encoder!r}: its vision tower ({type(self.model).__name__}) has no token "
-                                    f"outputs; fix: pass output='pooled' or choose a ViT model")
-                self.model.output_tokens = True
-            else:
-                if hasattr(self.model, "output_tokens"):
-                    self.model.output_tokens = False
-        else:
-            self.model, self.preprocess = self._timm(model_config)
-
-    def _timm(self, model_config: str | None):
-        import timm
-        from timm.data import create_transform, resolve_data_config
-
-        if not timm.is_model(self.name):
-            raise DataError(f"encoder={self.encoder!r}: timm has no model '{self.name}'"
-                            f"{_close(self.name, timm.list_models())}; fix: pick a name from timm.list_models()")
-        kwargs = _read_json(model_config, "dict of timm.create_model keyword arguments") if model_config else {}
-        kwargs.pop("num_classes", None)
-        pretrained = self.pretrained or None
-        if pretrained is not None and Path(str(pretrained)).is_file():
-            overlay = dict(kwargs.pop("pretrained_cfg_overlay", {}) or {})
-            overlay["file"] = str(pretrained)
-            kwargs["pretrained_cfg_overlay"] = overlay
-        try:
-            model = timm.create_model(self.name, pretrained=bool(pretrained), num_classes=0, **kwargs)
-        except Exception as exc:
-            raise _weights_error(self.encoder, pretrained, exc) from exc
-        args: dict[str, Any] = {}
-        if "img_size" in kwargs:  # a model built at another size than its pretrained config
-            s = kwargs["img_size"]
-            args["input_size"] = (int(kwargs.get("in_chans", 3)), *((s, s) if isinstance(s, int) else tuple(s)))
-        cfg = resolve_data_config(args, model=model)
-        return model.to(self.device), create_transform(**cfg, is_training=False)
-
-    def __call__(self, images: Sequence[Any]) -> np.ndarray:
-        import torch
-
-        x = torch.stack([self.preprocess(im) for im in images]).to(self.device)
-        with torch.inference_mode():
-            if self.backend == "open_clip":
-                y = self.model(x)
-                y = y[1] if self.output == "tokens" else (y[0] if isinstance(y, tuple) else y)
-            else:
-                feats = self.model.forward_features(x)
-                if self.output == "tokens":
-                    y = feats.flatten(2).transpose(1, 2) if feats.ndim == 4 else feats
-                elif hasattr(self.model, "forward_head"):
-                    y = self.model.forward_head(feats, pre_logits=True)
-                else:
-                    y = self.model(x)
-        return y.float().cpu().numpy()
-
-
-# ----------------------------------------------------------------------------- text encoder
-class FrozenTextEncoder:
-    """A frozen text encoder: open_clip's text tower, or a transformers model with mean pooling.
-
-    ``encoder(texts)`` maps a sequence of strings to a float32 array ``(B, D)``, L2-normalised
-    when ``normalize`` (always the case for ``hf:``, as in sentence-transformers).
-    """
-
-    def __init__(self, encoder: str = "open_clip:ViT-bigG-14", pretrained: str | None = "laion2b_s39b_b160k",
-                 device: str = "cpu", model_config: str | None = None, normalize: bool = True,
-                 max_length: int | None = None):
-        self.encoder, self.device, self.normalize = str(encoder), str(device), bool(normalize)
-        self.max_length = max_length
-        self.backend, self.name = _split_encoder(encoder, TEXT_BACKENDS, "text")
-        _check_device(self.device)
-        with _seeded():
-            self._build(pretrained, model_config)
-        self.model.eval().requires_grad_(False)
-
-    def _build(self, pretrained: str | None, model_config: str | None) -> None:
-        encoder = self.encoder
-        if self.backend == "open_clip":
-            import open_clip
-
-            self.model, _ = _open_clip_model(self.name, pretrained, model_config, self.device, self.encoder)
-            try:
-                self.tokenizer = open_clip.get_tokenizer(self.name)
-            except Exception as exc:
-                raise _weights_error(self.encoder, pretrained, exc) from exc
-        else:
-            from transformers import AutoModel, AutoTokenizer
-
-            local = Path(self.name).is_dir()
-            try:
-                self.tokenizer = AutoTokenizer.from_pretrained(self.name, local_files_only=local)
-                self.model = AutoModel.from_pretrained(self.name, local_files_only=local).to(self.device)
-            except Exception as exc:
-                raise DataError(f"encoder={encoder!r}: cannot load a transformers model from '{self.name}' "
-                                f"({type(exc).__name__}: {exc}); fix: pass a local folder holding config.json, "
-                                f"tokenizer files and weights, or a model id that is in the Hugging Face cache "
-                                f"(downloading needs a network)") from exc
-            self.normalize = True
-            st_cfg = Path(self.name) / "sentence_bert_config.json"
-            if self.max_length is None and local and st_cfg.is_file():  # sentence-transformers' own limit
-                with contextlib.suppress(Exception):
-                    self.max_length = int(json.loads(st_cfg.read_text())["max_seq_length"])
-
-    def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        import torch
-        import torch.nn.functional as F
-
-        texts = [str(t) for t in texts]
-        with torch.inference_mode():
-            if self.backend == "open_clip":
-                y = self.model.encode_text(self.tokenizer(texts).to(self.device))
-            else:
-                kw: dict[str, Any] = {"padding": True, "truncation": True, "return_tensors": "pt"}
-                if self.max_length is not None:
-                    kw["max_length"] = int(self.max_length)
-                enc = self.tokenizer(texts, **kw).to(self.device)
-                hidden = self.model(**enc)[0]
-                m = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                y = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-            if self.normalize:
-                y = F.normalize(y.float(), p=2, dim=-1)
-        return y.float().cpu().numpy()
-
-
 # ----------------------------------------------------------------------------- atomic npz
-def _tmp_sibling(path: Path, tag: str) -> Path:
-    return path.parent / f".{path.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
 def _read_meta(path: Path) -> dict | None:
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -323,19 +80,16 @@ def _atomic_npz(out: Path) -> Iterator[Path]:
     """Yield a temporary folder; its ``*.npy`` files become the members of ``out`` (stored, not
     compressed, streamed from disk) and the npz is renamed into place only on success."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = _tmp_sibling(out, "parts")
+    remove_stale_temporaries(out)
+    work = temporary_sibling(out, "parts")
     work.mkdir()
-    tmp_npz = _tmp_sibling(out, "tmp")
     try:
         yield work
-        with zipfile.ZipFile(tmp_npz, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        with atomic_file(out) as tmp_npz, zipfile.ZipFile(tmp_npz, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
             for p in sorted(work.glob("*.npy")):
                 zf.write(p, arcname=p.name)
-        os.replace(tmp_npz, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        with contextlib.suppress(FileNotFoundError):
-            tmp_npz.unlink()
 
 
 def _resolve_out(raw: Path, out: str | os.PathLike) -> Path:
@@ -448,7 +202,7 @@ def embed_images(
         raise DataError(f"output={output!r}: unknown; fix: pass 'tokens' or 'pooled'")
     if int(batch_size) < 1:
         raise DataError(f"batch_size={batch_size}: must be >= 1; fix: pass e.g. 32")
-    _split_encoder(encoder, IMAGE_BACKENDS, "image")
+    parse_spec(encoder, IMAGE_BACKENDS, "image")
     df = _read_stimuli(raw)
     ids = df["stimulus_id"].tolist()
     rels = df["image"].tolist()
@@ -543,7 +297,7 @@ def embed_captions(
         raise DataError(f"reduce={reduce!r}: unknown; fix: pass 'mean' or 'random'")
     if int(batch_size) < 1:
         raise DataError(f"batch_size={batch_size}: must be >= 1; fix: pass e.g. 64")
-    _split_encoder(encoder, TEXT_BACKENDS, "text")
+    parse_spec(encoder, TEXT_BACKENDS, "text")
     ids = _read_stimuli(raw)["stimulus_id"].tolist()
     cap_path = raw / "captions.tsv"
     caps = read_tsv(cap_path, {"stimulus_id": str, "caption": str}, what="captions")

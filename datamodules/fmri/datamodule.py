@@ -1,4 +1,4 @@
-"""LightningDataModule over a prepared fMRI dataset (see ``fmri_prepare`` for the layout).
+"""LightningDataModule over a prepared fMRI dataset (see :mod:`.prepare` for the layout).
 
 Batches are plain dicts::
 
@@ -30,45 +30,25 @@ with several subjects the brain groups differ in size, so log with ``batch_size=
 
 from __future__ import annotations
 
-import json
-import math
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset
 
-from ._io import DataError, MmapRows
-from ._resumable import ResumableDataLoader
+from litbrain.errors import DataError
 
-__all__ = ["FmriDataModule", "MultiSubjectBatchSampler", "read_manifest"]
+from ..base import GroupedRows, MultiSubjectDataModule, ResumableDataLoader
+from ..io import MmapRows, read_manifest_json
+
+__all__ = ["FmriDataModule", "read_manifest"]
 
 
 def read_manifest(data_dir: str | os.PathLike) -> dict:
     """Load and check ``manifest.json`` of a prepared dataset (raises :class:`DataError`)."""
-    d = Path(data_dir)
-    if not d.is_dir():
-        raise DataError(f"{d}: prepared data folder not found; fix: run `litbrain prepare` (prepare_fmri) "
-                        f"to create it, or correct data_dir")
-    mpath = d / "manifest.json"
-    if not mpath.is_file():
-        raise DataError(f"{mpath}: not found, {d} is not a prepared dataset; fix: run `litbrain prepare` "
-                        f"(prepare_fmri) on the raw data with this folder as out_dir")
-    try:
-        m = json.loads(mpath.read_text())
-    except Exception as exc:
-        raise DataError(f"{mpath}: unreadable ({exc}); fix: re-run prepare with overwrite=True") from exc
-    if m.get("format_version") != 1 or "subjects" not in m:
-        raise DataError(f"{mpath}: unknown format_version {m.get('format_version')}; fix: re-run prepare "
-                        f"with this version of litbrain (overwrite=True)")
-    return m
-
-
-def _identity(batch):
-    return batch
+    return read_manifest_json(data_dir, "prepared fMRI dataset", "litbrain fmri prepare",
+                              lambda m: m.get("format_version") == 1 and "subjects" in m)
 
 
 class _Embeddings:
@@ -105,26 +85,7 @@ class _SubjectSplit:
         return self.brain.take(rows).astype(np.float32)
 
 
-class _GroupedRows(Dataset):
-    """Batch-level dataset over several subjects' splits: item = an int64 array of global indices
-    (subject offset + row). Subclasses build the batch from :meth:`_groups`. Shared by fMRI and sEEG."""
-
-    def __init__(self, splits: list, subjects: list[str]):
-        self.splits, self.subjects = splits, subjects
-        self.offsets = np.cumsum([0] + [s.n for s in splits])
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def _groups(self, index) -> Iterator[tuple[int, np.ndarray]]:
-        """(subject position, sorted rows of it) for each subject in ``index``, in dm.subjects order."""
-        idx = np.atleast_1d(np.asarray(index, dtype=np.int64))
-        subj = np.searchsorted(self.offsets, idx, side="right") - 1
-        for s in np.unique(subj):  # ascending = dm.subjects order
-            yield int(s), np.sort(idx[subj == s] - self.offsets[s])
-
-
-class _MultiSubjectBatches(_GroupedRows):
+class _MultiSubjectBatches(GroupedRows):
     """fMRI batches: brain groups, subject index and stimulus ids, plus the stimulus targets."""
 
     def __init__(self, splits: list[_SubjectSplit], subjects: list[str], emb: _Embeddings):
@@ -162,153 +123,7 @@ class _SingleSubjectRows(_MultiSubjectBatches):
     __getitems__ = __getitem__
 
 
-class MultiSubjectBatchSampler(DistributedSampler):
-    """Yields batches (int64 arrays of global indices) with an equal share of every subject.
-
-    It is a :class:`~torch.utils.data.DistributedSampler` on purpose: Lightning (2.x) replaces a
-    loader's sampler with a DistributedSampler under DDP unless it already is one, and cannot
-    inject one into a custom batch sampler (it raises). So the DataModule hands this to a
-    ``DataLoader(batch_size=None, sampler=...)``: Lightning leaves it alone, calls
-    :meth:`set_epoch` every epoch, and this class splits the batches between ranks itself.
-
-    Per epoch: for every subject, concatenated seeded permutations of its rows (enough for
-    ``n_batches * per_subject`` draws, where ``n_batches`` covers the largest subject once) are
-    cut into per-batch groups; the global batch list (identical on every rank) is truncated to a
-    multiple of ``num_replicas`` and rank ``r`` takes batches ``r, r + R, ...`` -- disjoint shares.
-    """
-
-    def __init__(self, sizes: list[int], per_subject: int, seed: int = 0, num_replicas: int = 1, rank: int = 0):
-        if per_subject < 1:
-            raise ValueError("per_subject must be >= 1")
-        if min(sizes) < 1:
-            raise ValueError("every subject needs at least one training row")
-        self.sizes = [int(s) for s in sizes]
-        self.offsets = np.cumsum([0] + self.sizes)
-        self.per_subject = int(per_subject)
-        self.seed = int(seed)
-        self.num_replicas, self.rank = int(num_replicas), int(rank)
-        if not 0 <= self.rank < self.num_replicas:
-            raise ValueError(f"rank {rank} not in [0, {num_replicas})")
-        self.epoch = 0
-        self._skip = 0  # batches of this rank to skip in the next iteration (mid-epoch resume)
-        self.shuffle = True
-        self.drop_last = True
-        n_global = max(1, max(self.sizes) // self.per_subject)
-        self.num_batches = n_global // self.num_replicas
-        self.num_samples = self.num_batches
-        self.total_size = self.num_batches * self.num_replicas
-        self.dataset = None  # DistributedSampler attribute; unused
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def skip_next_iteration(self, n: int) -> None:
-        """The next ``iter(self)`` starts at this rank's batch ``n`` of the epoch (resume)."""
-        self._skip = int(n)
-
-    def __iter__(self):
-        skip, self._skip = self._skip, 0  # read now: iter() is called right after skip_next_iteration
-        return self._batches(skip)
-
-    def _batches(self, skip: int):
-        rng = np.random.default_rng([self.seed, self.epoch])
-        need = self.total_size * self.per_subject
-        per = []
-        for s, n in enumerate(self.sizes):
-            reps = math.ceil(need / n) if need else 0
-            perm = np.concatenate([rng.permutation(n) for _ in range(reps)])[:need] if reps else np.empty(0, np.int64)
-            per.append(perm.reshape(self.total_size, self.per_subject) + self.offsets[s])
-        if self.total_size == 0:
-            return
-        batches = np.concatenate(per, axis=1)  # (total_size, S * per_subject)
-        for b in range(self.rank + skip * self.num_replicas, self.total_size, self.num_replicas):
-            yield batches[b]
-
-
-class _MultiSubjectDataModule(pl.LightningDataModule):
-    """Loaders shared by the fMRI and sEEG DataModules (subclasses provide the splits and datasets).
-
-    Train: :class:`MultiSubjectBatchSampler` in a resumable loader; val/test/predict: one
-    loader per subject. Subclasses set ``subjects``, ``batch_size``, ``num_workers``, ``seed``,
-    ``_train_loader = None``, ``_train_loader_state = None`` and implement ``_get_splits``,
-    ``_train_dataset`` and ``_eval_dataset``.
-    """
-
-    def _get_splits(self, split: str) -> list:
-        raise NotImplementedError
-
-    def _train_dataset(self, splits: list) -> Dataset:
-        raise NotImplementedError
-
-    def _eval_dataset(self, split, subject: str, index: int) -> Dataset:
-        raise NotImplementedError
-
-    def _dist(self) -> tuple[int, int]:
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None:
-            return int(trainer.world_size), int(trainer.global_rank)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_world_size(), torch.distributed.get_rank()
-        return 1, 0
-
-    def _loader_kwargs(self) -> dict:
-        return {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0,
-                "pin_memory": torch.cuda.is_available(), "collate_fn": _identity}
-
-    def setup(self, stage: str | None = None) -> None:
-        if stage in (None, "fit"):
-            self._get_splits("train")
-        if stage in (None, "fit", "validate"):
-            self._get_splits("val")
-        if stage in (None, "test", "predict"):
-            self._get_splits("test")
-
-    def train_dataloader(self) -> DataLoader:
-        splits = self._get_splits("train")
-        ds = self._train_dataset(splits)
-        world, rank = self._dist()
-        sampler = MultiSubjectBatchSampler([sp.n for sp in splits], self.batch_size // len(self.subjects),
-                                           seed=self.seed, num_replicas=world, rank=rank)
-        # Stateful, so a mid-epoch checkpoint resumes at the right batch (see _resumable).
-        loader = ResumableDataLoader(ds, batch_size=None, sampler=sampler, **self._loader_kwargs())
-        if self._train_loader_state:
-            loader.load_state_dict(self._train_loader_state)
-        self._train_loader = loader
-        return loader
-
-    # The train loader's position also travels through the DataModule's own checkpoint state:
-    # Lightning restores a loader's state only if the loader is created after the loop state is
-    # loaded, but configure_optimizers' `trainer.estimated_stepping_batches` creates it before.
-    def state_dict(self) -> dict:
-        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self._train_loader_state = state_dict.get("train_loader")
-        if self._train_loader is not None and self._train_loader_state:
-            self._train_loader.load_state_dict(self._train_loader_state)
-
-    def _eval_loaders(self, split: str) -> list[DataLoader]:
-        loaders = []
-        for i, (s, sp) in enumerate(zip(self.subjects, self._get_splits(split))):
-            ds = self._eval_dataset(sp, s, i)
-            loaders.append(DataLoader(ds, batch_size=self.batch_size, shuffle=False, drop_last=False,
-                                      **self._loader_kwargs()))
-        return loaders
-
-    def val_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders("val")
-
-    def test_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders("test")
-
-    def predict_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders("test")
-
-
-class FmriDataModule(_MultiSubjectDataModule):
+class FmriDataModule(MultiSubjectDataModule):
     """Multi-subject fMRI decoding data from a prepared folder (:func:`prepare_fmri`).
 
     Args:

@@ -51,8 +51,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import (DataError, NpyRowWriter, RowAccumulator, _fmt_list, atomic_dir, prepared_is_current, read_npy_header,
-                  read_tsv)
+from litbrain.errors import DataError
+from litbrain.utils.io import atomic_dir
+
+from ..io import (
+    NpyRowWriter,
+    RowAccumulator,
+    _fmt_list,
+    prepared_is_current,
+    read_npy_header,
+    read_tsv,
+)
 
 __all__ = ["prepare_fmri", "FORMAT_VERSION", "list_raw_subjects"]
 

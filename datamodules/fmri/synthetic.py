@@ -1,7 +1,7 @@
 """Synthetic NSD-like fMRI data with known ground truth, and the oracle decoder for it.
 
 :func:`synthesize_fmri` writes a raw dataset in exactly the on-disk format that
-:func:`litbrain.datamodules.prepare_fmri` reads (see ``fmri_prepare``), plus ``truth.npz``.
+:func:`litbrain.datamodules.prepare_fmri` reads (see :mod:`.prepare`), plus ``truth.npz``.
 
 Generative model (all subjects share the latent stimulus features ``z``)::
 
@@ -40,7 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import DataError, atomic_dir
+from litbrain.errors import DataError
+from litbrain.utils.io import atomic_dir
 
 __all__ = ["synthesize_fmri", "synthetic_oracle", "load_truth", "true_image_embedding", "true_text_embedding"]
 
@@ -549,7 +550,7 @@ def synthetic_oracle(raw_dir: str | os.PathLike, prepared_dir: str | os.PathLike
     sums = np.zeros((len(stim_rows), A.shape[0]))
     counts = np.zeros(len(stim_rows), dtype=np.int64)
     ii, jj, kk = ijk_p[:, 0], ijk_p[:, 1], ijk_p[:, 2]
-    from .fmri_prepare import _scan_subject
+    from .prepare import _scan_subject
 
     files = _scan_subject(raw, subject).sessions
     for sess, g in wanted.groupby("session"):

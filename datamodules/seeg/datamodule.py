@@ -1,4 +1,4 @@
-"""LightningDataModule over a prepared sEEG dataset (see ``seeg_prepare`` for the layout).
+"""LightningDataModule over a prepared sEEG dataset (see :mod:`.prepare` for the layout).
 
 Batches are plain dicts, the same shape as the fMRI batches (:mod:`.fmri`)::
 
@@ -21,7 +21,6 @@ Batches are plain dicts, the same shape as the fMRI batches (:mod:`.fmri`)::
 
 from __future__ import annotations
 
-import json
 import os
 import zlib
 from pathlib import Path
@@ -30,9 +29,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ._io import DataError, MmapRows
-from ._resumable import ResumableDataLoader
-from .fmri import _GroupedRows, _MultiSubjectDataModule
+from litbrain.errors import DataError
+
+from ..base import GroupedRows, MultiSubjectDataModule, ResumableDataLoader
+from ..io import MmapRows, read_manifest_json
 
 __all__ = ["SeegDataModule", "read_seeg_manifest", "labelled_subset"]
 
@@ -56,19 +56,8 @@ def labelled_subset(labels: np.ndarray, fraction: float, seed: int, subject: str
 
 def read_seeg_manifest(data_dir: str | os.PathLike) -> dict:
     """Load and check ``manifest.json`` of a prepared sEEG dataset (raises :class:`DataError`)."""
-    d = Path(data_dir)
-    mpath = d / "manifest.json"
-    if not mpath.is_file():
-        raise DataError(f"{mpath}: not found, {d} is not a prepared sEEG dataset; fix: run prepare_seeg on the "
-                        f"BIDS root with this folder as out_dir")
-    try:
-        m = json.loads(mpath.read_text())
-    except Exception as exc:
-        raise DataError(f"{mpath}: unreadable ({exc}); fix: re-run prepare_seeg with overwrite=True") from exc
-    if m.get("kind") != "seeg" or m.get("format_version") != 1:
-        raise DataError(f"{mpath}: not a prepared sEEG dataset (kind={m.get('kind')!r}, format_version="
-                        f"{m.get('format_version')}); fix: re-run prepare_seeg (overwrite=True)")
-    return m
+    return read_manifest_json(data_dir, "prepared sEEG dataset", "litbrain seeg prepare",
+                              lambda m: m.get("kind") == "seeg" and m.get("format_version") == 1)
 
 
 class _SeegSplit:
@@ -82,7 +71,7 @@ class _SeegSplit:
         self.n = len(self.label)
 
 
-class _SeegBatches(_GroupedRows):
+class _SeegBatches(GroupedRows):
     def __init__(self, splits: list[_SeegSplit], subjects: list[str], subject_index: int | None = None):
         super().__init__(splits, subjects)
         self.subject_index = subject_index
@@ -100,7 +89,7 @@ class _SeegBatches(_GroupedRows):
     __getitems__ = __getitem__
 
 
-class SeegDataModule(_MultiSubjectDataModule):
+class SeegDataModule(MultiSubjectDataModule):
     """Multi-subject sEEG word-decoding data from a prepared folder (:func:`prepare_seeg`).
 
     Args:

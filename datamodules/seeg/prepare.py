@@ -48,7 +48,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import DataError, NpyRowWriter, _fmt_list, atomic_dir, prepared_is_current, read_tsv
+from litbrain.errors import DataError
+from litbrain.utils.io import atomic_dir
+
+from ..io import NpyRowWriter, _fmt_list, prepared_is_current, read_tsv
 
 __all__ = ["prepare_seeg", "read_seeg_file", "list_bids_subjects", "SEEG_FORMAT_VERSION"]
 

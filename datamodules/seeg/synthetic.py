@@ -51,7 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import DataError, atomic_dir
+from litbrain.errors import DataError
+from litbrain.utils.io import atomic_dir
 
 __all__ = ["synthesize_seeg", "load_seeg_truth", "seeg_oracle_accuracy", "seeg_word_labels"]
 

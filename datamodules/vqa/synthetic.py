@@ -23,12 +23,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ._io import DataError
+from litbrain.errors import DataError
 
 __all__ = [
     "COLOURS",
@@ -36,7 +36,9 @@ __all__ = [
     "QUESTION_TYPES",
     "Scene",
     "VqaItem",
-    "WordTokenizer",
+    "world_tokenizer",
+    "world_vocabulary",
+    "decode_answer",
     "make_scene",
     "make_item",
     "render_scene",
@@ -212,47 +214,42 @@ def render_scene(scene: Scene, image_size: int = 36, texture: float = 0.04, supe
     return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
 
 
-class WordTokenizer:
-    """Word-level tokenizer over a fixed vocabulary (whitespace split; unknown words -> ``<unk>``)."""
+SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>"}
 
-    PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 
-    def __init__(self, words: Sequence[str]):
-        specials = [self.PAD, self.BOS, self.EOS, self.UNK]
-        vocab: list[str] = list(specials)
-        for w in words:
-            if w not in vocab:
-                vocab.append(w)
-        self.vocab = vocab
-        self.index = {w: i for i, w in enumerate(vocab)}
-        self.pad_id, self.bos_id, self.eos_id, self.unk_id = (self.index[t] for t in specials)
+def world_vocabulary(grid: int = 3) -> list[str]:
+    """Every word of the world, specials first (ids 0-3: <pad> <bos> <eos> <unk>), in a fixed order."""
+    words: list[str] = list(SPECIAL_TOKENS.values())
+    for text in ("what colour is the shape at", "what shape is at", "is there a", "how many", "?", "yes no"):
+        words += text.split()
+    for name in position_names(grid):
+        words += name.split()
+    words += list(COLOURS) + list(SHAPES) + [f"{s}s" for s in SHAPES] + list(COUNT_WORDS)
+    return list(dict.fromkeys(words))
 
-    @classmethod
-    def for_world(cls, grid: int = 3) -> "WordTokenizer":
-        words: list[str] = []
-        for text in ("what colour is the shape at", "what shape is at", "is there a", "how many", "?", "yes no"):
-            words += text.split()
-        for name in position_names(grid):
-            words += name.split()
-        words += list(COLOURS) + list(SHAPES) + [f"{s}s" for s in SHAPES] + list(COUNT_WORDS)
-        return cls(words)
 
-    def __len__(self) -> int:
-        return len(self.vocab)
+def world_tokenizer(grid: int = 3) -> "Any":
+    """The world's word-level Hugging Face tokenizer (``PreTrainedTokenizerFast``; whitespace words).
 
-    def encode(self, text: str) -> list[int]:
-        return [self.index.get(w, self.unk_id) for w in text.split()]
+    Built from a ``tokenizers`` WordLevel model over :func:`world_vocabulary`, so it saves and
+    loads with ``save_pretrained`` / ``AutoTokenizer.from_pretrained`` beside the model; no download.
+    Encode with ``add_special_tokens=False`` (the model adds <bos> and <eos> itself).
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
 
-    def decode(self, ids: Sequence[int], stop_at_eos: bool = True) -> str:
-        out = []
-        for i in ids:
-            i = int(i)
-            if stop_at_eos and i == self.eos_id:
-                break
-            if i in (self.pad_id, self.bos_id):
-                continue
-            out.append(self.vocab[i] if 0 <= i < len(self.vocab) else self.UNK)
-        return " ".join(out)
+    vocab = {w: i for i, w in enumerate(world_vocabulary(grid))}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL_TOKENS["unk_token"]))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=core, clean_up_tokenization_spaces=False, **SPECIAL_TOKENS)
+
+
+def decode_answer(tokenizer: "Any", ids: Sequence[int]) -> str:
+    """The words of ``ids`` up to the first <eos>, without special tokens."""
+    ids = [int(i) for i in ids]
+    if tokenizer.eos_token_id in ids:
+        ids = ids[: ids.index(tokenizer.eos_token_id)]
+    return tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def vqa_chance_accuracy(

@@ -1,0 +1,1 @@
+"""Vision-language data: the DataModule over the synthetic image-question world and its generator."""
