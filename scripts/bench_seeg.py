@@ -1,23 +1,25 @@
 #!/usr/bin/env python
-"""The sEEG benchmark of issue 3: ``python scripts/bench_seeg.py [--config configs/bench/seeg.yaml] [--key value ...]``.
+"""``python scripts/bench_seeg.py [--config FILE.yaml] [--key value ...]``: the same as
+``make bench-seeg``.
 
-A thin wrapper around :func:`litbrain.benchmarks.seeg.bench_seeg` (same as ``litbrain bench-seeg``):
-reading vs training-step epochs/s and Du-IN encoder throughput on CPU, one table.
+A thin wrapper around :func:`litbrain.benchmarks.seeg.bench_seeg`; without ``--config`` it reads
+``configs/bench/seeg.yaml``. Prints one table (and writes its JSON where the config says).
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "bench" / "seeg.yaml"
 
 
-def main(argv: list[str] | None = None) -> None:
-    from litbrain._cli_errors import run_with_default_config
+def main(argv: list[str] | None = None):
     from litbrain.benchmarks.seeg import bench_seeg
+    from litbrain.cli.errors import run_with_default_config
 
-    run_with_default_config(bench_seeg, argv, DEFAULT_CONFIG, "scripts/bench_seeg.py")
+    return run_with_default_config(bench_seeg, argv, DEFAULT_CONFIG, "scripts/bench_seeg.py")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

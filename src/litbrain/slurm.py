@@ -18,12 +18,14 @@ import re
 import sys
 from pathlib import Path
 
+from litbrain.errors import ConfigError
+
 __all__ = ["SlurmTemplateError", "read_directives", "render_sbatch"]
 
 _DIRECTIVE = re.compile(r"^#SBATCH\s+--([A-Za-z0-9-]+)(?:[= ](.*))?$")
 
 
-class SlurmTemplateError(ValueError):
+class SlurmTemplateError(ConfigError):
     """A template rendered with an inconsistent cluster shape (or not a template)."""
 
 

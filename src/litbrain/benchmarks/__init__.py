@@ -1,13 +1,13 @@
 """Benchmarks that print measured figures against the bars of their issue (never timed tests).
 
-``litbrain bench --config configs/bench/fmri.yaml`` (or ``make bench``) runs :func:`bench_fmri`.
+One module per family (``litbrain <family> bench``); each prints one table and writes it as JSON.
 """
 
+from litbrain.errors import ConfigError
 
-class BenchConfigError(ValueError):
+
+class BenchConfigError(ConfigError):
     """A benchmark argument is invalid; the benchmark entry points print it in one line (field and fix)."""
 
 
-from litbrain.benchmarks.fmri import bench_fmri  # noqa: E402
-
-__all__ = ["BenchConfigError", "bench_fmri"]
+__all__ = ["BenchConfigError"]

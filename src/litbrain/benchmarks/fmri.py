@@ -50,6 +50,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from litbrain.utils.io import atomic_write_text
+
 __all__ = ["bench_fmri", "BARS"]
 
 #: The bars of issue 2: row key -> (comparison, value). Fixed here so a config cannot move them.
@@ -162,11 +164,7 @@ def bench_fmri(
         "environment": env,
         "config": config,
     }
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, default=_json_default))
-    os.replace(tmp, out)
+    out = atomic_write_text(output, json.dumps(doc, indent=1, default=_json_default))
     print(format_table(doc))
     log(f"wrote {out} ({doc['details']['wall_s']} s)")
     return doc
@@ -242,13 +240,13 @@ def _speed_checks(prepared: Path, *, num_threads: int, seed: int, width: int, n_
     dm.setup("fit")
     batches = _materialise(dm, n_steps)
     rows_per_step = statistics.fmean(int(b["subject"].shape[0]) for b in batches)
-    task_kw = {"subject_voxels": dict(dm.subject_voxels), "image_embedding_shape": list(dm.image_embedding_shape),
-               "text_embedding_dim": dm.text_embedding_dim, "width": width, "n_blocks": n_blocks}
+    task_kw = {"net": {"subjects": dict(dm.subject_voxels), "image_embedding_shape": list(dm.image_embedding_shape),
+                       "text_embedding_dim": dm.text_embedding_dim, "width": width, "n_blocks": n_blocks}}
     n_params = None
     bare_ms, light_ms, data_sps, loss_diff, bare_med, light_med = [], [], [], [], [], []
     # The same pair of runs with a tiny decoder (width 32, 1 block): the step is then mostly the
     # per-step work that does not scale with the model, so Lightning's overhead shows in ms.
-    tiny_kw = {**task_kw, "width": 32, "n_blocks": 1}
+    tiny_kw = {"net": {**task_kw["net"], "width": 32, "n_blocks": 1}}
     tiny_bare, tiny_light = [], []
     for rep in range(repetitions):
         # ABBA order (bare first on even repetitions, Lightning first on odd ones) cancels drift.
@@ -339,17 +337,15 @@ def _bare_run(batches, task_kw, seed) -> tuple[list[float], list, int]:
     """The reference: a plain PyTorch loop over ``decoder_loss``; returns (step start times, losses, #params)."""
     import torch
 
-    from litbrain.nn import BrainDecoder
-    from litbrain.tasks.fmri_decoding import build_optimizer, decoder_loss
+    from litbrain.nn import BrainDecoder, BrainDecoderConfig
+    from litbrain.tasks.fmri_decoding import decoder_loss
+    from litbrain.utils.optim import build_optimizer
 
     h = _task_hparams(task_kw)
     torch.manual_seed(seed)
-    model = BrainDecoder(subjects=dict(h.subject_voxels), image_embedding_shape=list(h.image_embedding_shape),
-                         text_embedding_dim=h.text_embedding_dim, width=h.width, n_blocks=h.n_blocks,
-                         adapter=h.adapter, adapter_dropout=h.adapter_dropout, dropout=h.dropout,
-                         projector=h.projector)
+    model = BrainDecoder(BrainDecoderConfig(**h.net))
     total = len(batches)
-    opt, sched = build_optimizer(model, h, total)  # exactly FmriDecodingTask.configure_optimizers
+    opt, sched = build_optimizer(model, h.lr, h.weight_decay, h.warmup_fraction, total)  # as the task's recipe
     model.train()
     times, losses = [], []
     torch.manual_seed(seed + 1)
@@ -480,7 +476,7 @@ def _rss_child(p: dict[str, Any]) -> dict[str, Any]:
     L.seed_everything(int(p["seed"]), verbose=False)
     dm = FmriDataModule(str(prepared), batch_size=int(p["batch_size"]), num_workers=int(p["num_workers"]),
                         seed=int(p["seed"]))
-    task = FmriDecodingTask(width=int(p["width"]), n_blocks=int(p["n_blocks"]))
+    task = FmriDecodingTask(net={"width": int(p["width"]), "n_blocks": int(p["n_blocks"])})
     sampler = RssSampler()
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,

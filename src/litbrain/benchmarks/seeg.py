@@ -19,13 +19,14 @@ Bar: reading / training step >= 10 (the loader never starves the model).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from litbrain.utils.io import atomic_write_text
 
 __all__ = ["bench_seeg", "BARS"]
 
@@ -70,8 +71,13 @@ def bench_seeg(
     """
     import torch
 
-    from litbrain.datamodules import DataError, SeegDataModule, prepare_seeg, synthesize_seeg
-    from litbrain.nn.duin import DuinModel
+    from litbrain.datamodules import (
+        DataError,
+        SeegDataModule,
+        prepare_seeg,
+        synthesize_seeg,
+    )
+    from litbrain.nn.duin import DuinEncoderConfig, DuinModel
 
     torch.set_num_threads(num_threads)
     torch.manual_seed(seed)
@@ -92,8 +98,9 @@ def bench_seeg(
     dm = SeegDataModule(str(prepared), batch_size=batch_size, seed=seed)
     n_epochs_total = sum(dm.n_rows("train").values()) + sum(dm.n_rows("val").values()) + sum(dm.n_rows("test").values())
 
-    model = DuinModel("classify", dm.subject_channels, n_times=dm.n_times, patch_len=int(round(0.1 * dm.sfreq)),
-                      d_model=d_model, n_blocks=n_blocks, n_heads=n_heads, n_classes=dm.n_labels)
+    model = DuinModel(stage="classify", subjects=dm.subject_channels, n_classes=dm.n_labels,
+                      encoder=DuinEncoderConfig(n_times=dm.n_times, patch_len=int(round(0.1 * dm.sfreq)),
+                                                d_model=d_model, n_blocks=n_blocks, n_heads=n_heads))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     batches = list(dm.train_dataloader())[: steps + 1]
 
@@ -153,9 +160,5 @@ def bench_seeg(
     print("\n".join(lines))
     result = {"rows": rows, "ratios": ratios, "header": header, "reps": {"reading": read, "step": step, "encoder": enc}}
     if output:
-        out = Path(output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, out)
+        atomic_write_text(output, json.dumps(result, indent=2))
     return result

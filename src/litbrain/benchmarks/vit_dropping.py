@@ -27,37 +27,17 @@ MustDrop >= 3x dense images/s at 25% tokens, and MustDrop >= ToMe.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 from typing import Any, Callable
 
-__all__ = ["BARS", "main", "run"]
+__all__ = ["BARS", "bench_vit_dropping", "run"]
 
 #: The bars of issue 5 for this benchmark: row -> (comparison, value).
 BARS: dict[str, tuple[str, float]] = {
     "mustdrop_vs_dense": (">=", 3.0),
     "mustdrop_vs_tome": (">=", 1.0),
 }
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="scripts/bench_vit_dropping.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="vit_base_patch16_224", help="timm model name (random init)")
-    p.add_argument("--batch", type=int, default=8, help="images per batch")
-    p.add_argument("--keep-fraction", type=float, default=0.25, help="kept patch tokens as a fraction of the grid")
-    p.add_argument("--merge-layer", type=int, default=1, help="MustDrop: blocks run before the window merge")
-    p.add_argument(
-        "--img-size", type=int, default=None,
-        help="image side in pixels (default: 240 -> a 15x15 grid for ViT-B/16; --quick: 36 -> 9x9 with patch 4)",
-    )
-    p.add_argument("--window", type=int, default=3, help="MustDrop window side; the patch grid must be divisible by it")
-    p.add_argument("--reps", type=int, default=5, help="timed repetitions per method (interleaved)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed batches per method first")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="a tiny ViT and one repetition (smoke test)")
-    return p
 
 
 #: Default image side: the full run (ViT-B/16 -> 15x15 grid) and ``--quick`` (patch 4 -> 9x9 grid).
@@ -165,13 +145,37 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    args = _parser().parse_args(argv)
+def bench_vit_dropping(
+    model: str = "vit_base_patch16_224",
+    batch: int = 8,
+    keep_fraction: float = 0.25,
+    merge_layer: int = 1,
+    img_size: int | None = None,
+    window: int = 3,
+    reps: int = 5,
+    warmup: int = 1,
+    threads: int | None = None,
+    seed: int = 0,
+    quick: bool = False,
+) -> dict[str, Any]:
+    """ViT images/s dense vs MustDrop stage 1 vs ToMe at the token count MustDrop ends with; one table.
+
+    Args:
+        model: timm model name (random init).
+        batch: images per batch.
+        keep_fraction: kept patch tokens as a fraction of the grid.
+        merge_layer: MustDrop: blocks run before the window merge.
+        img_size: image side in pixels (default 240 -> a 15x15 grid for ViT-B/16; quick: 36 -> 9x9 with patch 4).
+        window: MustDrop window side; the patch grid must be divisible by it.
+        reps: timed repetitions per method (interleaved).
+        warmup: untimed batches per method first.
+        threads: torch threads (default: torch's).
+        seed: seed of the weights and images.
+        quick: a tiny ViT and one repetition (smoke test).
+    """
+    args = argparse.Namespace(model=model, batch=batch, keep_fraction=keep_fraction, merge_layer=merge_layer,
+                              img_size=img_size, window=window, reps=reps, warmup=warmup, threads=threads, seed=seed,
+                              quick=quick)
     result = run(args)
     print(format_table(result), flush=True)
     return result
-
-
-if __name__ == "__main__":
-    main()

@@ -30,12 +30,12 @@ import json
 import os
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 from litbrain.benchmarks import BenchConfigError
+from litbrain.utils.io import atomic_write_text
 
-__all__ = ["bench_vlm_dropping", "main", "SETTINGS"]
+__all__ = ["SETTINGS", "bench_vlm_dropping"]
 
 #: name -> DroppingConfig kwargs (``keep`` is filled in from the benchmark's ``keep``).
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -135,6 +135,10 @@ def _latency(model, batch, cfg, new_tokens: int, reps: int) -> dict[str, float]:
     return {"prefill_ms": 1e3 * pre, "decode_tok_s": B * new_tokens / dec}
 
 
+def _with_dropping(task_kwargs: dict[str, Any], dropping: dict[str, Any]) -> dict[str, Any]:
+    return {**task_kwargs, "net": {**task_kwargs["net"], "dropping": dropping}}
+
+
 def _train(task_kwargs: dict[str, Any], dm, steps: int, seed: int):
     import lightning as L
 
@@ -162,7 +166,7 @@ def _run_seed(seed: int, base: dict[str, Any], data: dict[str, Any], settings: d
     """
     import torch
 
-    from litbrain.datamodules.vqa import VqaDataModule
+    from litbrain.datamodules.vqa.datamodule import VqaDataModule
     from litbrain.nn.vlm import DroppingConfig
 
     torch.set_num_threads(int(threads))
@@ -170,11 +174,11 @@ def _run_seed(seed: int, base: dict[str, Any], data: dict[str, Any], settings: d
     dm = VqaDataModule(**data)
     dm.setup("fit")
     val = [b for _, b in zip(range(eval_batches), dm.val_dataloader())]
-    dense_task, t_dense = _train({**base, "dropping": {"method": "none"}}, dm, train_steps, seed)
+    dense_task, t_dense = _train(_with_dropping(base, {"method": "none"}), dm, train_steps, seed)
     rows = {name: _evaluate(dense_task.model, val, DroppingConfig(**kw)) for name, kw in settings.items()}
     train_seconds = {"dense": t_dense}
     for name, kw in trained_with.items():  # each method trained with its own dropping on, evaluated with it
-        task_, train_seconds[name] = _train({**base, "dropping": kw}, dm, train_steps, seed)
+        task_, train_seconds[name] = _train(_with_dropping(base, kw), dm, train_steps, seed)
         rows[f"{name} (trained with dropping)"] = _evaluate(task_.model, val, DroppingConfig(**kw))
         del task_
     latency = {k: _latency(dense_task.model, val[0], DroppingConfig(**c), latency_new_tokens, latency_reps)
@@ -207,6 +211,7 @@ def bench_vlm_dropping(
     threads: int = 1,
     out_json: str | None = "runs/bench_vlm_dropping.json",
     task: dict[str, Any] | None = None,
+    net: dict[str, Any] | None = None,
     trained_with: list[str] | None = None,
     trained_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -231,7 +236,8 @@ def bench_vlm_dropping(
         threads: torch intra-op threads.
         out_json: where to write the figures (``None`` = nowhere).
         task: further :class:`~litbrain.tasks.vlm.VisionLanguageTask` arguments for both trainings
-            (e.g. ``vision_init_from``, ``freeze_vision``, ``vision_pos``).
+            (e.g. ``vision_init_from``, ``freeze_vision``).
+        net: further :class:`~litbrain.nn.vlm.VlmConfig` fields for both trainings (e.g. ``vision_pos``).
         trained_with: settings (names in :data:`SETTINGS`) that also get a model trained with that
             dropping on (default ``tome``, ``fastv``, ``mustdrop_123``).
         trained_overrides: :class:`~litbrain.nn.vlm.DroppingConfig` fields for those trainings (and
@@ -239,7 +245,7 @@ def bench_vlm_dropping(
     """
     lm_layers = list(lm_layers or [1, 2])
     extra = dict(mustdrop or {})
-    base = {"vision": vision, "lm": lm, "lr": lr, **(task or {})}
+    base = {"net": {"vision": vision, "lm": lm, **(net or {})}, "lr": lr, **(task or {})}
     trained_with = list(trained_with if trained_with is not None else ["tome", "fastv", "mustdrop_123"])
     bad = [n for n in trained_with if n not in SETTINGS or n == "dense"]
     if bad or "mustdrop_123" not in trained_with:
@@ -327,22 +333,5 @@ def bench_vlm_dropping(
               "keep": keep, "n_patches": n_patch, "train_steps": train_steps, "seeds": seeds,
               "settings": settings, "trained_with": trained}
     if out_json:
-        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(out_json).with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(out_json)
+        atomic_write_text(out_json, json.dumps(result, indent=2))
     return result
-
-
-DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "bench" / "vlm_dropping.yaml"
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python scripts/bench_vlm_dropping.py [--config FILE.yaml] [--key value ...]`` (default config:
-    ``configs/bench/vlm_dropping.yaml``)."""
-    from litbrain._cli_errors import run_with_default_config
-
-    run_with_default_config(bench_vlm_dropping, argv, DEFAULT_CONFIG, "scripts/bench_vlm_dropping.py")
-
-if __name__ == "__main__":
-    main()

@@ -1,13 +1,24 @@
-"""One clear line for a bad command line or config, instead of a page of usage text."""
+"""One clear line for a bad command line or config, instead of a page of usage text or a traceback.
+
+Every :class:`~litbrain.errors.LitbrainError` reaching the command line is printed as
+``litbrain <verb>: error: <message>`` and exits 2; parser errors are shortened to the line that
+names the bad key or value, with the parser's reason kept.
+"""
 
 from __future__ import annotations
 
+import os
 import re
 import sys
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, Callable, NoReturn
 
 from jsonargparse import ArgumentParser
-from lightning.pytorch.cli import LightningArgumentParser
+
+from litbrain.errors import LitbrainError
+
+__all__ = ["ConciseArgumentParser", "ConciseErrors", "concise_message", "config_files", "fail",
+           "run_with_default_config"]
 
 _KEY_PATTERNS = (
     re.compile(r"Option '([^']+)' is not accepted"),
@@ -15,7 +26,6 @@ _KEY_PATTERNS = (
     re.compile(r"Key \"([^\"]+)\" is not expected"),
     re.compile(r"unrecognized arguments?: (.+)"),
 )
-
 
 CONFIG_FILES: list[str] = []  # set by litbrain.cli.main so errors can name the file
 
@@ -30,6 +40,11 @@ def config_files(args: list[str]) -> list[str]:
     return files
 
 
+def where() -> str:
+    """``(from FILE, ...)`` naming the config files of this command, or the command line."""
+    return ", ".join(CONFIG_FILES) or "the command line"
+
+
 def concise_message(message: str) -> str:
     """The line of a jsonargparse error that names the bad key, with its context."""
     lines = [ln.strip(" -") for ln in str(message).splitlines() if ln.strip(" -")]
@@ -38,54 +53,38 @@ def concise_message(message: str) -> str:
         for pat in _KEY_PATTERNS:
             m = pat.search(ln)
             if m:
-                where = f" ({context.rstrip(':')})" if context else ""
+                at = f" ({context.rstrip(':')})" if context else ""
                 if CONFIG_FILES:
-                    where += f" in {', '.join(CONFIG_FILES)} or the command line"
+                    at += f" in {', '.join(CONFIG_FILES)} or the command line"
                 return (
-                    f"unknown key {m.group(1)!r}{where}; fix: correct or remove it "
+                    f"unknown key {m.group(1)!r}{at}; fix: correct or remove it "
                     f"(`--help` lists the accepted keys, `--print_config` shows a valid config)"
                 )
     return lines[0] if lines else "invalid arguments"
 
 
-class _ConciseErrors:
+def fail(prog: str, message: str) -> NoReturn:
+    sys.stderr.write(f"{prog}: error: {message}\n")
+    raise SystemExit(2)
+
+
+class ConciseErrors:
+    """Mixin for jsonargparse parsers: errors in one line (see :func:`concise_message`)."""
+
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:  # type: ignore[override]
-        prog = getattr(self, "prog", "litbrain") or "litbrain"
-        sys.stderr.write(f"{prog}: error: {concise_message(message)}\n")
-        raise SystemExit(2)
+        fail(getattr(self, "prog", "litbrain") or "litbrain", concise_message(message))
 
 
-class ConciseArgumentParser(_ConciseErrors, ArgumentParser):
+class ConciseArgumentParser(ConciseErrors, ArgumentParser):
     pass
 
 
-class ConciseLightningArgumentParser(_ConciseErrors, LightningArgumentParser):
-    pass
-
-
-def known_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean bad input: the CLI and the benchmark scripts print them in one line."""
-    from litbrain.benchmarks import BenchConfigError
-    from litbrain.datamodules import DataError
-    from litbrain.hub import ReleaseError
-    from litbrain.tasks import SubjectMismatchError
-    from litbrain.tasks.seeg_decoding import StageConfigError
-    from litbrain.training_cli import HardwareError
-    from litbrain.zero import DependencyError
-
-    return (DataError, ReleaseError, SubjectMismatchError, StageConfigError, HardwareError, DependencyError,
-            BenchConfigError)
-
-
-def run_with_default_config(fn, argv: list[str] | None, default_config, prog: str):
+def run_with_default_config(fn: Callable[..., Any], argv: list[str] | None, default_config: str | os.PathLike,
+                            prog: str) -> Any:
     """``jsonargparse.auto_cli(fn)`` with concise errors; ``default_config`` is used when no --config is given.
 
     The benchmark scripts share this: ``python scripts/bench_X.py [--config F.yaml] [--key value ...]``.
     """
-    import os
-    import sys
-    from pathlib import Path
-
     from jsonargparse import auto_cli
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -96,6 +95,5 @@ def run_with_default_config(fn, argv: list[str] | None, default_config, prog: st
     CONFIG_FILES[:] = config_files(args)
     try:
         return auto_cli(fn, args=args, as_positional=False, parser_class=ConciseArgumentParser, prog=prog)
-    except known_errors() as err:  # bad input: one line naming the file/field and the fix, no traceback
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except LitbrainError as err:  # bad input: one line naming the file/field and the fix, no traceback
+        fail(prog, str(err))

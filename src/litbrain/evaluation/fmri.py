@@ -8,21 +8,22 @@ identification. Writes ``metrics.json`` and ``retrieval.png`` to ``out_dir`` and
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
 
-from litbrain.baselines import fit_ridge
+from litbrain.errors import DataError
+from litbrain.evaluation.baselines import fit_ridge
 from litbrain.metrics import similarity_matrix, top1_retrieval, two_way_identification
+from litbrain.release import load_model
+from litbrain.utils.io import atomic_file, atomic_write_text
+
+__all__ = ["evaluate_decoder", "format_table"]
 
 
 def _load_split(data_dir: Path, subject: str, split: str) -> tuple[torch.Tensor, np.ndarray]:
-    from litbrain.datamodules import DataError
-
     brain_file = data_dir / subject / f"{split}_brain.npy"
     stim_file = data_dir / subject / f"{split}_stimulus.npy"
     if not brain_file.is_file() or not stim_file.is_file():
@@ -38,17 +39,6 @@ def _scores(pred: torch.Tensor, target: torch.Tensor, pool: int, draws: int, see
     out = top1_retrieval(pred, target, pool, draws, seed)
     out["two_way_identification"] = two_way_identification(pred, target)
     return out
-
-
-def _load_model(checkpoint: Path):
-    from litbrain.hub import decoder_from_checkpoint, load_release
-    from litbrain.zero import is_zero_checkpoint
-
-    if checkpoint.is_dir() and not is_zero_checkpoint(checkpoint):
-        return load_release(checkpoint)
-    if not checkpoint.exists() and checkpoint.suffix != ".ckpt":
-        return load_release(str(checkpoint))  # a Hugging Face Hub repo id
-    return decoder_from_checkpoint(checkpoint)  # a .ckpt file or a DeepSpeed ZeRO folder
 
 
 @torch.no_grad()
@@ -91,15 +81,8 @@ def _write_figure(path: Path, sim: torch.Tensor, stimulus_ids: list[str], images
             if q == 0:
                 a.set_title("seen" if c == 0 else f"top-{c}", fontsize=8)
     fig.suptitle("brain -> image retrieval (green: correct)")
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=80, format="png")
     plt.close(fig)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -140,14 +123,15 @@ def evaluate_decoder(
         ridge_alphas: ridge penalties (relative to the mean Gram eigenvalue), picked on ``val``.
         seed: seed of the retrieval draws.
     """
-    from litbrain.datamodules import DataError
-
     data = Path(data_dir)
     manifest_file = data / "manifest.json"
     if not manifest_file.is_file():
         raise DataError(f"{manifest_file}: missing; fix: run `litbrain prepare` first")
     manifest = json.loads(manifest_file.read_text())
-    model = _load_model(Path(checkpoint))
+    model = load_model(checkpoint)
+    if getattr(getattr(model, "config", None), "model_type", None) != "fmri_decoder":
+        raise DataError(f"{checkpoint}: holds a {getattr(model.config, 'model_type', type(model).__name__)!r} model, "
+                        f"not an fMRI decoder; fix: pass the checkpoint or release of an FmriDecodingTask run")
     known = model.subjects
     chosen = subjects or [s for s in manifest["subjects"] if s in known]
     for s in chosen:
@@ -162,7 +146,7 @@ def evaluate_decoder(
 
     oracle_fn = None
     if raw_dir and (Path(raw_dir) / "truth.npz").is_file():
-        from litbrain.datamodules.fmri_synthetic import synthetic_oracle
+        from litbrain.datamodules.fmri.synthetic import synthetic_oracle
 
         oracle_fn = synthetic_oracle
 
@@ -210,7 +194,7 @@ def evaluate_decoder(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "metrics.json", json.dumps(summary, indent=2))
+    atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2))
     images: dict[str, Path] = {}
     if raw_dir and (Path(raw_dir) / "stimuli.tsv").is_file():
         import csv
@@ -218,9 +202,8 @@ def evaluate_decoder(
         with open(Path(raw_dir) / "stimuli.tsv") as f:
             for r in csv.DictReader(f, delimiter="\t"):
                 images[r["stimulus_id"]] = Path(raw_dir) / r["image"]
-    fig_tmp = out / ".retrieval.tmp.png"
-    _write_figure(fig_tmp, first_sim, first_ids, images)
-    os.replace(fig_tmp, out / "retrieval.png")
+    with atomic_file(out / "retrieval.png") as fig_tmp:
+        _write_figure(fig_tmp, first_sim, first_ids, images)
 
     print(f"\n{split} split, subjects {', '.join(chosen)}: top-1 among {retrieval_pool} x {retrieval_draws} draws")
     print(format_table(rows))

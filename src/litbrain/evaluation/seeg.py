@@ -18,8 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from litbrain.evaluation import _atomic_write
+from litbrain.errors import ReleaseError
+from litbrain.evaluation.baselines import fit_logistic
 from litbrain.nn.duin import DuinModel
+from litbrain.release import model_from_source, read_model_source
+from litbrain.utils.io import atomic_file, atomic_write_text
 
 
 def _split(data_dir: Path, subject: str, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -29,17 +32,16 @@ def _split(data_dir: Path, subject: str, split: str) -> tuple[np.ndarray, np.nda
 
 
 def load_duin(path: str | Path, stage: str, key: str = "checkpoint") -> DuinModel:
-    """The DuinModel (eval mode) of a checkpoint/release of ``stage``; refuses other stages."""
-    from litbrain.hub import ReleaseError
-    from litbrain.tasks.seeg_decoding import load_duin_stage
-
-    cfg, state = load_duin_stage(str(path), key, stage)
-    model = DuinModel(**cfg)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ReleaseError(f"{path}: weights do not match its config ({str(err).splitlines()[0]})") from None
-    return model.eval()
+    """The DuinModel (eval mode) of a checkpoint/release of ``stage``; refuses other models and stages."""
+    src = read_model_source(path)
+    found = getattr(src.config, "stage", None) if src.config.model_type == "duin" else None
+    if src.config.model_type != "duin":
+        raise ReleaseError(f"{key}={path}: holds a {src.config.model_type!r} model, not a Du-IN (sEEG) one; fix: point "
+                           f"it at the stage-'{stage}' checkpoint of configs/seeg/")
+    if found != stage:
+        raise ReleaseError(f"{key}={path}: is a stage-'{found}' checkpoint, but this key needs a stage-'{stage}' one; "
+                           f"fix: point it at the checkpoint of the '{stage}' run (stages chain vqvae -> mae -> classify)")
+    return model_from_source(src)
 
 
 @torch.no_grad()
@@ -64,23 +66,6 @@ def _flatten(x: np.ndarray, decimate: int) -> np.ndarray:
     return x[..., :t].reshape(x.shape[0], x.shape[1], -1, decimate).mean(-1).reshape(x.shape[0], -1)
 
 
-def fit_logistic(xtr: np.ndarray, ytr: np.ndarray, xval: np.ndarray, yval: np.ndarray,
-                 cs: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0), seed: int = 0):
-    """Standardised multinomial logistic regression; C picked on the validation epochs."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    best, best_acc = None, -1.0
-    for c in cs:
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=300, random_state=seed))
-        clf.fit(xtr, ytr)
-        acc = float((clf.predict(xval) == yval).mean()) if len(yval) else 0.0
-        if acc > best_acc:
-            best, best_acc = clf, acc
-    return best
-
-
 def _confusion_figure(path: Path, confusions: dict[str, np.ndarray], labels: list[str]) -> None:
     import matplotlib
 
@@ -99,10 +84,9 @@ def _confusion_figure(path: Path, confusions: dict[str, np.ndarray], labels: lis
             ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
             ax.set_yticks(range(len(labels)), labels, fontsize=6)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    tmp.replace(path)
 
 
 @torch.no_grad()
@@ -133,7 +117,7 @@ def evaluate_seeg(
 ) -> dict[str, Any]:
     """Score the methods per subject on ``split``; write metrics.json + confusion.png; return the metrics."""
     from litbrain.datamodules import labelled_subset, read_seeg_manifest
-    from litbrain.datamodules.seeg_synthetic import load_seeg_truth
+    from litbrain.datamodules.seeg.synthetic import load_seeg_truth
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     manifest = read_seeg_manifest(data_dir)
@@ -195,7 +179,7 @@ def evaluate_seeg(
         metrics["codebook"] = codebook_usage(load_duin(tokenizer, "vqvae", "tokenizer"), data_dir, subjects)
     out_dir.mkdir(parents=True, exist_ok=True)
     _confusion_figure(out_dir / "confusion.png", confusions, labels)
-    _atomic_write(out_dir / "metrics.json", json.dumps(metrics, indent=2))
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
 
 

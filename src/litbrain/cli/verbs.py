@@ -1,0 +1,129 @@
+"""The verb table: every ``litbrain`` command, by one naming rule (tested against the parsers).
+
+* Verbs that work on any family's runs and files are top-level: ``litbrain fit | validate | test |
+  predict`` (LightningCLI; the task in the config says which family), ``export``, ``consolidate``,
+  ``push``, ``estimate-memory``, ``embed-images``, ``embed-captions``.
+* Verbs tied to one family's data are ``litbrain <family> <verb>``, with the same verb names in
+  every family: ``synthesize`` (write the family's synthetic world), ``prepare`` (raw files ->
+  shards), ``evaluate`` (the comparison table), ``bench`` (the benchmark), e.g.
+  ``litbrain seeg prepare --config configs/seeg/prepare_demo.yaml``.
+* Earlier names stay as aliases (``prepare-seeg`` = ``seeg prepare``).
+
+A family registers its verbs with one entry in :data:`FAMILIES`. Targets are ``"module:function"``
+strings, imported only when the verb runs, so ``litbrain --help`` imports no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ALIASES", "FAMILIES", "SHARED", "TRAINING", "Verb", "resolve", "usage"]
+
+
+@dataclass(frozen=True)
+class Verb:
+    target: str  # "module:function" (jsonargparse auto_cli) or "lightning" (LightningCLI subcommand)
+    help: str
+
+
+TRAINING = {
+    "fit": Verb("lightning", "train a task (LightningCLI; any family)"),
+    "validate": Verb("lightning", "run the validation loop on a checkpoint"),
+    "test": Verb("lightning", "run the test loop on a checkpoint"),
+    "predict": Verb("lightning", "run prediction on a checkpoint"),
+}
+
+SHARED = {
+    **TRAINING,
+    "export": Verb("litbrain.release.export:export_from_cli",
+                   "turn a checkpoint (.ckpt or ZeRO folder) into a release (safetensors + config.json + card)"),
+    "consolidate": Verb("litbrain.release.export:consolidate_from_cli",
+                        "merge a DeepSpeed ZeRO-2/3 checkpoint folder into one fp32 .ckpt"),
+    "push": Verb("litbrain.release.push:push_from_cli", "upload a release folder to a Hugging Face Hub model repo"),
+    "estimate-memory": Verb("litbrain.release.memory:estimate_memory",
+                            "per-GPU memory of ZeRO-2/3 for any model and cluster shape (DeepSpeed's estimators)"),
+    "embed-images": Verb("litbrain.datamodules.targets:embed_images",
+                         "image-embedding targets from a frozen open_clip/timm encoder"),
+    "embed-captions": Verb("litbrain.datamodules.targets:embed_captions",
+                           "caption-embedding targets from a frozen open_clip/hf text encoder"),
+}
+
+FAMILIES: dict[str, dict[str, Verb]] = {
+    "fmri": {
+        "synthesize": Verb("litbrain.datamodules.fmri.synthetic:synthesize_fmri",
+                           "write a synthetic NSD-like fMRI dataset with known ground truth"),
+        "prepare": Verb("litbrain.datamodules.fmri.prepare:prepare_fmri",
+                        "mask, z-score and shard raw NIfTI betas into a prepared dataset"),
+        "evaluate": Verb("litbrain.evaluation.fmri:evaluate_decoder",
+                         "retrieval/identification of a decoder vs ridge, oracle and chance"),
+        "bench": Verb("litbrain.benchmarks.fmri:bench_fmri",
+                      "Lightning vs bare loop, loader vs step, RSS 1x vs 10x (configs/bench/fmri.yaml)"),
+    },
+    "seeg": {
+        "synthesize": Verb("litbrain.datamodules.seeg.synthetic:synthesize_seeg",
+                           "write a synthetic BIDS-iEEG word-reading dataset with its Bayes-optimal accuracy"),
+        "prepare": Verb("litbrain.datamodules.seeg.prepare:prepare_seeg",
+                        "BIDS-iEEG -> bipolar, filtered, region-selected, z-scored epochs in shards"),
+        "evaluate": Verb("litbrain.evaluation.seeg:evaluate_seeg_from_cli",
+                         "word accuracy per subject: Du-IN vs no pretraining, logistic regression, oracle, chance"),
+        "bench": Verb("litbrain.benchmarks.seeg:bench_seeg",
+                      "reading vs training-step epochs/s, Du-IN encoder throughput (configs/bench/seeg.yaml)"),
+    },
+    "vlm": {
+        "bench": Verb("litbrain.benchmarks.vlm_dropping:bench_vlm_dropping",
+                      "accuracy, tokens and latency of dense/ToMe/FastV/MustDrop (configs/bench/vlm_dropping.yaml)"),
+        "bench-vit": Verb("litbrain.benchmarks.vit_dropping:bench_vit_dropping",
+                          "ViT images/s dense vs MustDrop stage 1 vs ToMe (configs/bench/vit_dropping.yaml)"),
+    },
+}
+
+# Earlier verb names, kept working.
+ALIASES: dict[str, tuple[str, str]] = {
+    "synthesize": ("fmri", "synthesize"),
+    "prepare": ("fmri", "prepare"),
+    "evaluate": ("fmri", "evaluate"),
+    "bench": ("fmri", "bench"),
+    "synthesize-seeg": ("seeg", "synthesize"),
+    "prepare-seeg": ("seeg", "prepare"),
+    "evaluate-seeg": ("seeg", "evaluate"),
+    "bench-seeg": ("seeg", "bench"),
+}
+
+FAMILY_HELP = {
+    "fmri": "fMRI decoding (MindEye2 / STTM): synthetic NSD-like world, prepare, evaluate, bench",
+    "seeg": "sEEG speech decoding (Du-IN): synthetic BIDS-iEEG world, prepare, evaluate, bench",
+    "vlm": "vision-language models with vision-token dropping (MustDrop, ToMe, FastV): bench, bench-vit",
+}
+
+
+def resolve(argv: list[str]) -> tuple[str, Verb, list[str]] | None:
+    """``(name, verb, rest of argv)`` for a command line, or None when it names no verb."""
+    if not argv:
+        return None
+    first, rest = argv[0], argv[1:]
+    if first in SHARED:
+        return first, SHARED[first], rest
+    if first in FAMILIES:
+        if rest and rest[0] in FAMILIES[first]:
+            return f"{first} {rest[0]}", FAMILIES[first][rest[0]], rest[1:]
+        return None
+    if first in ALIASES:
+        family, verb = ALIASES[first]
+        return f"{family} {verb}", FAMILIES[family][verb], rest
+    return None
+
+
+def usage(family: str | None = None) -> str:
+    if family is not None:
+        lines = [f"usage: litbrain {family} <verb> [--config FILE.yaml ...] [--key value ...]", "",
+                 f"{FAMILY_HELP.get(family, family)}", "", "verbs:"]
+        lines += [f"  {v:<15} {verb.help}" for v, verb in FAMILIES[family].items()]
+        return "\n".join(lines)
+    lines = ["usage: litbrain <verb> | litbrain <family> <verb>  [--config FILE.yaml ...] [--key value ...]", "",
+             "verbs (any family):"]
+    lines += [f"  {v:<17} {verb.help}" for v, verb in SHARED.items()]
+    lines += ["", "families (`litbrain <family> --help` lists their verbs):"]
+    lines += [f"  {f:<17} {FAMILY_HELP.get(f, '')}" for f in FAMILIES]
+    lines += ["", "aliases: " + ", ".join(f"{a} = {' '.join(t)}" for a, t in ALIASES.items()),
+              "", "`litbrain <verb> --help` lists a verb's options; every run is a YAML file in configs/."]
+    return "\n".join(lines)
