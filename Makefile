@@ -24,36 +24,35 @@ $(STAMP): pyproject.toml Makefile
 
 DEMO := data/demo
 demo: $(STAMP)
-	$(BIN)/litbrain synthesize --config configs/data/synthetic_demo.yaml
-	$(BIN)/litbrain prepare --config configs/data/prepare_demo.yaml
+	$(BIN)/litbrain fmri synthesize --config configs/data/synthetic_demo.yaml
+	$(BIN)/litbrain fmri prepare --config configs/data/prepare_demo.yaml
 	$(BIN)/litbrain fit --config configs/fmri/demo.yaml
-	$(BIN)/litbrain evaluate --config configs/fmri/evaluate_demo.yaml
+	$(BIN)/litbrain fmri evaluate --config configs/fmri/evaluate_demo.yaml
 	$(BIN)/litbrain export --config configs/fmri/export_demo.yaml
-	@echo "release folder: runs/demo/release (load it with litbrain.hub.load_release)"
+	@echo "release folder: runs/demo/release (load it with litbrain.release.load_release)"
 
 # Du-IN's three stages on synthetic BIDS-iEEG, plus the no-pretraining baseline, then the table.
 seeg-demo: $(STAMP)
-	$(BIN)/litbrain synthesize-seeg --config configs/seeg/synthetic_demo.yaml
-	$(BIN)/litbrain prepare-seeg --config configs/seeg/prepare_demo.yaml
+	$(BIN)/litbrain seeg synthesize --config configs/seeg/synthetic_demo.yaml
+	$(BIN)/litbrain seeg prepare --config configs/seeg/prepare_demo.yaml
 	$(BIN)/litbrain fit --config configs/seeg/vqvae.yaml
 	$(BIN)/litbrain fit --config configs/seeg/mae.yaml
 	$(BIN)/litbrain fit --config configs/seeg/classify.yaml
 	$(BIN)/litbrain fit --config configs/seeg/scratch.yaml
-	$(BIN)/litbrain evaluate-seeg --config configs/seeg/evaluate_demo.yaml
+	$(BIN)/litbrain seeg evaluate --config configs/seeg/evaluate_demo.yaml
 	$(BIN)/litbrain export --checkpoint runs/seeg_demo/classify/checkpoints/best.ckpt --out runs/seeg_demo/release \
 	  --metrics runs/seeg_demo/results/metrics.json --overwrite true
 	@echo "confusion matrices: runs/seeg_demo/results/confusion.png; release: runs/seeg_demo/release"
 
 # Du-IN's claim: with labels for 20% of the trials, pretraining (stages 1-2 on every trial) beats
 # the same network from scratch. Re-uses seeg-demo's stage-2 checkpoint; 30 epochs each.
-RUN_DIR = --trainer.default_root_dir $(1) --trainer.logger.init_args.save_dir $(1) \
-  --trainer.callbacks.init_args.dirpath $(1)/checkpoints
+RUN_DIR = --trainer.default_root_dir $(1)
 FEW := --data.init_args.label_fraction 0.2 --trainer.max_epochs 30
 seeg-few-labels: $(STAMP)
 	@test -f runs/seeg_demo/mae/checkpoints/last.ckpt || { echo "run 'make seeg-demo' first"; exit 1; }
 	$(BIN)/litbrain fit --config configs/seeg/classify.yaml $(FEW) $(call RUN_DIR,runs/seeg_demo/classify_20)
 	$(BIN)/litbrain fit --config configs/seeg/scratch.yaml $(FEW) $(call RUN_DIR,runs/seeg_demo/scratch_20)
-	$(BIN)/litbrain evaluate-seeg --config configs/seeg/evaluate_few_labels.yaml
+	$(BIN)/litbrain seeg evaluate --config configs/seeg/evaluate_few_labels.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not gpu" --durations=15
@@ -62,16 +61,16 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not gpu and not slow and not slurm"
 
 bench: $(STAMP)
-	$(BIN)/python scripts/bench_fmri.py
+	$(BIN)/litbrain fmri bench --config configs/bench/fmri.yaml
 
 bench-seeg: $(STAMP)
-	$(BIN)/python scripts/bench_seeg.py
+	$(BIN)/litbrain seeg bench --config configs/bench/seeg.yaml
 
 bench-vit: $(STAMP)
-	$(BIN)/python scripts/bench_vit_dropping.py
+	$(BIN)/litbrain vlm bench-vit --config configs/bench/vit_dropping.yaml
 
 bench-vlm: $(STAMP)
-	$(BIN)/python scripts/bench_vlm_dropping.py
+	OMP_NUM_THREADS=1 $(BIN)/litbrain vlm bench --config configs/bench/vlm_dropping.yaml
 
 clean-demo:
 	rm -rf $(DEMO) runs/demo data/seeg_demo runs/seeg_demo
