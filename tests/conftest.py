@@ -46,7 +46,7 @@ def tiny_prepared(tiny_raw) -> Path:
 def tiny_checkpoint(tiny_prepared, tmp_path_factory) -> Path:
     """A tiny decoder fitted for 2 epochs on ``tiny_prepared`` through the real CLI and demo recipe."""
     from litbrain.cli import main
-    from tests.tasks._fit import fit_args
+    from tests.helpers.fit import fit_args
 
     run_dir = tmp_path_factory.mktemp("tiny_run")
     main(fit_args(tiny_prepared, run_dir))

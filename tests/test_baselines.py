@@ -1,6 +1,6 @@
 import torch
 
-from litbrain.baselines import fit_ridge
+from litbrain.evaluation.baselines import fit_ridge
 
 
 def _linear_data(n, d, k, noise, seed):

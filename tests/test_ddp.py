@@ -16,7 +16,14 @@ accumulation), hence allclose rather than equal.
 
 import pytest
 
-from tests._fitproc import REPO, assert_same_weights, global_step, start_fit, tiny_fit_args, wait_ok
+from tests.helpers.fitproc import (
+    REPO,
+    assert_same_weights,
+    global_step,
+    start_fit,
+    tiny_fit_args,
+    wait_ok,
+)
 
 CPU_DDP = str(REPO / "configs" / "trainer" / "cpu_ddp.yaml")
 

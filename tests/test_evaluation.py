@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from litbrain.cli import main
-from litbrain.evaluation import evaluate_decoder
+from litbrain.evaluation.fmri import evaluate_decoder
 from litbrain.metrics import top1_retrieval
 
 
@@ -31,7 +31,7 @@ def test_evaluate_reports_decoder_ridge_oracle_and_chance_side_by_side(tiny_chec
 
 def test_ridge_row_is_the_closed_form_fit_scored_the_same_way(tiny_checkpoint, tiny_prepared, tmp_path):
     """Re-derive sub-01's ridge score independently from the prepared files."""
-    from litbrain.baselines import fit_ridge
+    from litbrain.evaluation.baselines import fit_ridge
 
     summary = evaluate_decoder(str(tiny_prepared), str(tiny_checkpoint), str(tmp_path), subjects=["sub-01"], retrieval_draws=3)
     ridge = summary["per_subject"]["sub-01"]["ridge"]

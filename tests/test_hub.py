@@ -16,7 +16,9 @@ import torch
 from huggingface_hub import HfApi, RepoUrl
 
 from litbrain.cli import main
-from litbrain.hub import ReleaseError, export_release, load_checkpoint, load_release, push_release
+from litbrain.errors import ReleaseError
+from litbrain.release import export_release, load_release, push_release
+from litbrain.utils.checkpoint import read_checkpoint as load_checkpoint
 
 
 class RecordingApi(HfApi):
@@ -67,7 +69,8 @@ def test_push_uploads_the_release_through_the_api_object(release, tmp_path):
     assert (create, repo, upload, repo2) == ("create_repo", "someone/litbrain-tiny", "upload_folder", "someone/litbrain-tiny")
     assert create_kw["private"] is True and create_kw["exist_ok"] is True and create_kw["repo_type"] == "model"
     assert upload_kw["commit_message"] == "first release" and upload_kw["repo_type"] == "model"
-    assert sorted(p.name for p in (tmp_path / "uploaded").iterdir()) == ["README.md", "config.json", "metrics.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "uploaded").iterdir()) == ["README.md", "config.json", "manifest.json",
+                                                                        "metrics.json", "model.safetensors"]
     card = (tmp_path / "uploaded" / "README.md").read_text()
     assert "license: cc-by-4.0" in card and "## License" in card
     assert "| decoder | 0.500 |" in card and "## Intended use" in card and "width: 64" in card
@@ -78,7 +81,7 @@ def test_push_uploads_the_release_through_the_api_object(release, tmp_path):
 def test_push_default_commit_message_names_the_model(release, tmp_path):
     api = RecordingApi(tmp_path / "up")
     push_release(release, "org/name", api=api)
-    assert "BrainDecoder" in api.calls[1][2]["commit_message"] and api.calls[0][2]["private"] is False
+    assert "fMRI decoder" in api.calls[1][2]["commit_message"] and api.calls[0][2]["private"] is False
 
 
 @pytest.mark.parametrize("repo_id", ["bad id!", "a/b/c", "no-namespace", "-x/y"])
@@ -115,7 +118,7 @@ def test_load_release_by_repo_id_reads_the_hub_cache(release, tmp_path):
         assert torch.equal(model.state_dict()[k], v), k
     with pytest.raises(ReleaseError, match="could not be fetched.*fix:"):
         load_release("someone/not-cached", cache_dir=tmp_path / "cache")
-    with pytest.raises(ReleaseError, match="no such release folder.*fix:"):
+    with pytest.raises(ReleaseError, match="no such file or folder.*fix:"):
         load_release(str(tmp_path / "no" / "such" / "folder"))
 
 
@@ -150,7 +153,7 @@ def test_checkpoint_with_pickled_code_is_refused_and_the_code_never_runs(tiny_ch
         main(["export", "--checkpoint", str(evil), "--out", str(tmp_path / "rel")])
     assert exc.value.code == 2 and str(evil) in _one_error_line(capsys)
     with pytest.raises(SystemExit) as exc:
-        main(["evaluate", "--data_dir", str(tiny_prepared), "--checkpoint", str(evil), "--out_dir", str(tmp_path / "res")])
+        main(["fmri", "evaluate", "--data_dir", str(tiny_prepared), "--checkpoint", str(evil), "--out_dir", str(tmp_path / "res")])
     assert exc.value.code == 2 and str(evil) in _one_error_line(capsys)
     assert not marker.exists()
 
@@ -161,9 +164,18 @@ def test_release_without_config_json_is_one_clear_error(release, tiny_prepared, 
     with pytest.raises(ReleaseError, match="no config.json.*fix:"):
         load_release(folder)
     with pytest.raises(SystemExit) as exc:
-        main(["evaluate", "--data_dir", str(tiny_prepared), "--checkpoint", str(folder), "--out_dir", str(tmp_path / "res")])
+        main(["fmri", "evaluate", "--data_dir", str(tiny_prepared), "--checkpoint", str(folder), "--out_dir", str(tmp_path / "res")])
     line = _one_error_line(capsys)
     assert exc.value.code == 2 and str(folder) in line and "config.json" in line and "fix:" in line
+
+
+def _rehash(folder: Path, name: str) -> None:
+    """Record a file's new sha256 in the manifest, as a consistent (but wrong) release would."""
+    from litbrain.release.source import file_sha256
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"][name] = {"sha256": file_sha256(folder / name), "size": (folder / name).stat().st_size}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
 def test_release_whose_weights_do_not_match_config_json_is_one_clear_error(release, tiny_prepared, tmp_path, capsys):
@@ -171,13 +183,40 @@ def test_release_whose_weights_do_not_match_config_json_is_one_clear_error(relea
     cfg = json.loads((folder / "config.json").read_text())
     cfg["subjects"]["sub-01"] += 7
     (folder / "config.json").write_text(json.dumps(cfg))
+    _rehash(folder, "config.json")
     with pytest.raises(ReleaseError) as err:
         load_release(folder)
     msg = str(err.value)
     assert str(folder) in msg and "adapter.maps.sub-01" in msg and "shape" in msg and "fix:" in msg
     with pytest.raises(SystemExit) as exc:
-        main(["evaluate", "--data_dir", str(tiny_prepared), "--checkpoint", str(folder), "--out_dir", str(tmp_path / "res")])
+        main(["fmri", "evaluate", "--data_dir", str(tiny_prepared), "--checkpoint", str(folder), "--out_dir", str(tmp_path / "res")])
     assert exc.value.code == 2 and "adapter.maps.sub-01" in _one_error_line(capsys)
     with pytest.raises(SystemExit) as exc:
         main(["push", "--release", str(folder), "--repo_id", "someone/x"])
     assert exc.value.code == 2 and "adapter.maps.sub-01" in _one_error_line(capsys)  # checked before the network
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors"])
+def test_a_changed_byte_in_a_release_file_is_refused_by_its_sha256(release, tmp_path, name):
+    folder = _copy(release, tmp_path)
+    data = bytearray((folder / name).read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit, mid-file: still valid JSON / a readable safetensors file
+    (folder / name).write_bytes(bytes(data))
+    with pytest.raises(ReleaseError, match=rf"{name}: sha256 differs from manifest.json.*fix:"):
+        load_release(folder)
+
+
+def test_a_checkpoint_with_damaged_bytes_is_refused_by_its_crc(tiny_checkpoint, tmp_path, capsys):
+    """200 KB zeroed mid-file: torch.load would read it and hand back wrong tensors; the zip CRCs refuse it."""
+    data = bytearray(tiny_checkpoint.read_bytes())
+    mid = len(data) // 2
+    span = min(200_000, len(data) // 4)
+    data[mid - span // 2: mid + span // 2] = bytes(span)
+    damaged = tmp_path / "damaged.ckpt"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ReleaseError, match="damaged.ckpt: damaged or not a checkpoint.*CRC.*fix:"):
+        load_checkpoint(damaged)
+    with pytest.raises(SystemExit) as exc:
+        main(["export", "--checkpoint", str(damaged), "--out", str(tmp_path / "rel")])
+    assert exc.value.code == 2 and "damaged.ckpt" in _one_error_line(capsys)
+    assert not (tmp_path / "rel").exists()

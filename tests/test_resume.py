@@ -7,9 +7,16 @@ import signal
 
 import numpy as np
 import pytest
-
 from litbrain.datamodules import FmriDataModule
-from tests._fitproc import assert_same_weights, global_step, start_fit, tiny_fit_args, wait_for, wait_ok
+
+from tests.helpers.fitproc import (
+    assert_same_weights,
+    global_step,
+    start_fit,
+    tiny_fit_args,
+    wait_for,
+    wait_ok,
+)
 
 EPOCHS, STEPS_PER_EPOCH, EVERY = 2, 10, 4  # checkpoints at steps 4, 8 (mid-epoch), 12, 16, 20
 
@@ -49,7 +56,7 @@ def test_fit_killed_at_a_random_step_resumes_to_the_same_weights(tiny_prepared, 
     ref_dir, run_dir, flag = tmp_path / "ref", tmp_path / "run", tmp_path / "paused"
     ref = start_fit(tiny_fit_args(tiny_prepared, ref_dir, epochs=EPOCHS, every_n_train_steps=EVERY), ref_dir / "log")
     args = tiny_fit_args(tiny_prepared, run_dir, epochs=EPOCHS, every_n_train_steps=EVERY)
-    pause = ["--trainer.callbacks+=tests._fitproc.PauseAtStep", "--trainer.callbacks.init_args.step", str(kill_at),
+    pause = ["--trainer.callbacks+=tests.helpers.fitproc.PauseAtStep", "--trainer.callbacks.init_args.step", str(kill_at),
              "--trainer.callbacks.init_args.flag", str(flag)]
     victim = start_fit(args + pause, run_dir / "log1")
     try:

@@ -6,8 +6,7 @@ import torch
 import yaml
 
 from litbrain.cli import main
-
-from tests.tasks._fit import DEMO_CONFIG, REPO, fit_args
+from tests.helpers.fit import DEMO_CONFIG, REPO, fit_args
 
 try:  # Imported here, not under capsys: DeepSpeed binds a logging handler to the sys.stdout it sees at
     import deepspeed  # noqa: F401  import time, and a test's capsys stream is closed after that test.

@@ -1,6 +1,6 @@
 """ZeRO checkpoints: consolidate, export, refusal of unsafe shards, memory estimates.
 
-The ZeRO-2/3 checkpoint folders are REAL: ``tests/_zero_ckpt.py`` runs ``deepspeed.initialize``
+The ZeRO-2/3 checkpoint folders are REAL: ``tests/helpers/zero_ckpt.py`` runs ``deepspeed.initialize``
 (DeepSpeed's CPU accelerator, a one-process gloo group, Lightning's ``DeepSpeedStrategy(stage=N)``
 config) and ``engine.save_checkpoint`` the way Lightning's ``DeepSpeedStrategy.save_checkpoint``
 does. What differs from a GPU run: fp32 instead of bf16, one rank, and Lightning's Trainer is not
@@ -19,7 +19,8 @@ import torch
 from safetensors.torch import load_file
 
 from litbrain.cli import main
-from litbrain.hub import decoder_from_checkpoint, export_release, load_checkpoint, load_release
+from litbrain.release import export_release, load_model, load_release
+from litbrain.utils.checkpoint import read_checkpoint as load_checkpoint
 
 deepspeed = pytest.importorskip("deepspeed")  # also imported outside capsys, for the same reason
 
@@ -31,7 +32,7 @@ def zero_dir(tiny_checkpoint, tmp_path_factory) -> Path:
     """stage2/, stage3/ (the tiny decoder) and tied2/, tied3/ (tied Linear weights), each with last.ckpt/."""
     out = tmp_path_factory.mktemp("zero")
     env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu"}
-    proc = subprocess.run([sys.executable, "-m", "tests._zero_ckpt", str(tiny_checkpoint), str(out)],
+    proc = subprocess.run([sys.executable, "-m", "tests.helpers.zero_ckpt", str(tiny_checkpoint), str(out)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
@@ -80,7 +81,7 @@ def test_export_and_evaluate_accept_a_zero_checkpoint_folder(zero_dir, tiny_chec
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "from_zero" / "config.json").read_text() == (tmp_path / "from_ckpt" / "config.json").read_text()
     load_release(tmp_path / "from_zero")
-    model = decoder_from_checkpoint(zero_dir / "stage2" / "last.ckpt")  # what `litbrain evaluate` uses
+    model = load_model(zero_dir / "stage2" / "last.ckpt")  # what `litbrain evaluate` uses
     assert set(model.state_dict()) == set(b)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
 
@@ -131,13 +132,15 @@ def test_truncated_zero_shard_or_a_plain_folder_is_one_clear_error(zero_dir, tmp
 
 def test_estimate_memory_prints_zero2_and_zero3_rows_from_deepspeeds_estimators(tiny_checkpoint, capsys):
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
-    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import (
+        estimate_zero2_model_states_mem_needs,
+    )
 
     main(["estimate-memory", "--checkpoint", str(tiny_checkpoint), "--num_gpus_per_node", "4", "--num_nodes", "2"])
     out = capsys.readouterr().out
     rows = [ln.split() for ln in out.splitlines() if ln.startswith("ZeRO-")]
     assert [r[0] for r in rows] == ["ZeRO-2", "ZeRO-2", "ZeRO-3", "ZeRO-3", "ZeRO-3"]
-    model = decoder_from_checkpoint(tiny_checkpoint)
+    model = load_model(tiny_checkpoint)
     n = sum(p.numel() for p in model.parameters())
     assert f"{n:,} parameters" in out and "8 GPU(s)" in out
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())

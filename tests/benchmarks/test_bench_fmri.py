@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from litbrain.benchmarks import bench_fmri
-from litbrain.benchmarks.fmri import BARS, format_table
+from litbrain.benchmarks.fmri import BARS, bench_fmri, format_table
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "bench" / "fmri.yaml"

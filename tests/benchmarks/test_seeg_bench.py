@@ -28,7 +28,7 @@ def test_a_stale_synthetic_cache_is_regenerated_not_an_error(tmp_path, capsys):
 def test_bench_script_reports_bad_input_in_one_line(tmp_path, capsys):
     import pytest
 
-    from litbrain._cli_errors import run_with_default_config
+    from litbrain.cli.errors import run_with_default_config
 
     with pytest.raises(SystemExit) as exc:
         run_with_default_config(bench_seeg, ["--work_dir", str(tmp_path / "w"), "--n_subjects", "1", "--n_words", "2",

@@ -1,4 +1,4 @@
-"""Smoke test of the ViT token-dropping benchmark (issue 5) with ``--quick``.
+"""Smoke test of the ViT token-dropping benchmark (issue 5) with ``--quick true``.
 
 Checks that every figure is produced, finite and positive and printed -- never the bars:
 timings on a shared CI machine are no test.
@@ -8,11 +8,14 @@ import math
 
 import pytest
 
-from litbrain.benchmarks.vit_dropping import BARS, main
+from litbrain.benchmarks.vit_dropping import BARS
+from tests.helpers.scripts import script_main
+
+main = script_main("bench_vit_dropping")
 
 
 def test_quick_benchmark_prints_the_table(capsys):
-    result = main(["--quick", "--threads", "1"])
+    result = main(["--quick", "true", "--threads", "1"])
     printed = capsys.readouterr().out
     rows = {r["method"]: r for r in result["rows"]}
     assert set(rows) == {"dense", "MustDrop stage 1", "ToMe"}
@@ -31,7 +34,9 @@ def test_quick_benchmark_prints_the_table(capsys):
     assert "image 36x36 px" in printed and "grid 9x9" in printed and "window 3x3" in printed
 
 
-def test_grid_not_divisible_by_window_fails_clearly():
-    # 32 px / patch 4 -> an 8x8 grid: no silent fallback to 2x2 windows, the reducer's error surfaces.
-    with pytest.raises(ValueError, match="not divisible by window=3"):
-        main(["--quick", "--threads", "1", "--img-size", "32"])
+def test_grid_not_divisible_by_window_fails_clearly(capsys):
+    # 32 px / patch 4 -> an 8x8 grid: no silent fallback to 2x2 windows, the reducer's error surfaces in one line.
+    with pytest.raises(SystemExit) as exc:
+        main(["--quick", "true", "--threads", "1", "--img_size", "32"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and "not divisible by window=3" in err[0] and "fix:" in err[0]

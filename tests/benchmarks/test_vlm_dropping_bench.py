@@ -7,9 +7,9 @@ import pytest
 import yaml
 
 from litbrain.benchmarks.vlm_dropping import bench_vlm_dropping
-from litbrain.hub import ReleaseError
+from litbrain.errors import ReleaseError
 
-VISION = {"library": "timm", "name": "vit_tiny_patch16_224",
+VISION = {"encoder": "timm:vit_tiny_patch16_224",
           "kwargs": {"img_size": 36, "patch_size": 4, "embed_dim": 32, "depth": 3, "num_heads": 2}}
 LM = {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
       "num_key_value_heads": 2, "intermediate_size": 64}
@@ -19,7 +19,7 @@ TINY = dict(vision=VISION, lm=LM, data=DATA, lm_layers=[0], train_steps=2, eval_
 
 
 def test_tiny_benchmark_prints_every_row(capsys):
-    res = bench_vlm_dropping(**TINY, task={"vision_pos": "sincos"})
+    res = bench_vlm_dropping(**TINY, net={"vision_pos": "sincos"})
     table = capsys.readouterr().out
     assert 0 <= res["rows"]["dense"]["acc_colour"] <= 1 and " exists" in next(x for x in table.splitlines() if x.startswith("setting"))
     for row in ("dense", "tome", "fastv", "mustdrop_1", "mustdrop_12", "mustdrop_123",
@@ -37,7 +37,7 @@ def test_trained_overrides_reach_the_dropping_trainings_only(monkeypatch):
     import litbrain.benchmarks.vlm_dropping as B
 
     seen, real = [], B._train
-    monkeypatch.setattr(B, "_train", lambda kw, *a: (seen.append(kw["dropping"]), real(kw, *a))[1])
+    monkeypatch.setattr(B, "_train", lambda kw, *a: (seen.append(kw["net"]["dropping"]), real(kw, *a))[1])
     res = bench_vlm_dropping(**TINY, trained_with=["mustdrop_123"], trained_overrides={"proportional_attention": False})
     assert [d["method"] for d in seen] == ["none", "mustdrop"]
     assert seen[1]["proportional_attention"] is False and seen[1]["stages"] == [1, 2, 3]
@@ -75,7 +75,9 @@ def test_bench_config_is_complete_and_commented():
 def test_bad_dropping_field_is_one_line_before_any_training(capsys):
     """A typo in trained_overrides / mustdrop stops the script at once with one line naming the field."""
     from litbrain.benchmarks import BenchConfigError
-    from litbrain.benchmarks.vlm_dropping import main
+    from tests.helpers.scripts import script_main
+
+    main = script_main("bench_vlm_dropping")
 
     with pytest.raises(BenchConfigError, match=r"mustdrop: unknown DroppingConfig field\(s\) \['merge_treshold'\]"):
         bench_vlm_dropping(**TINY, mustdrop={"merge_treshold": 0.9})

@@ -1,4 +1,4 @@
-"""Fixtures for the data-layer tests (helpers live in fmri_rawkit.py)."""
+"""Fixtures for the data-layer tests (raw-data helpers live in tests/helpers/fmri_rawkit.py)."""
 
 import numpy as np
 import pytest

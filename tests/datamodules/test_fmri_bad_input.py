@@ -5,9 +5,9 @@ import gzip
 import nibabel as nib
 import numpy as np
 import pytest
-from fmri_rawkit import simple_spec, write_raw
-
 from litbrain.datamodules import DataError, FmriDataModule, prepare_fmri
+
+from tests.helpers.fmri_rawkit import simple_spec, write_raw
 
 
 def _assert_clean(tmp_path, out_name="prep"):
@@ -130,7 +130,7 @@ def test_missing_embeddings_for_a_stimulus(tmp_path, raw):
 
 
 def test_datamodule_missing_or_unprepared_dir(tmp_path):
-    with pytest.raises(DataError, match=r"prepared data folder not found; fix: run `litbrain prepare`"):
+    with pytest.raises(DataError, match=r"prepared fMRI dataset folder not found; fix: run `litbrain fmri prepare`"):
         FmriDataModule(str(tmp_path / "nope"))
     (tmp_path / "raw_only").mkdir()
     with pytest.raises(DataError, match=r"manifest\.json: not found.*not a prepared dataset; fix:"):

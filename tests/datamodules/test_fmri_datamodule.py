@@ -1,10 +1,9 @@
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DistributedSampler
-
 from litbrain.datamodules import FmriDataModule, MultiSubjectBatchSampler
-from litbrain.datamodules._io import MmapRows
+from litbrain.datamodules.io import MmapRows
+from torch.utils.data import DistributedSampler
 
 
 def _epoch(dm, epoch):

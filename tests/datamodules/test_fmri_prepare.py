@@ -1,15 +1,14 @@
 import json
 import os
-import shutil
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from fmri_rawkit import simple_spec, write_raw
-
 from litbrain.datamodules import DataError, prepare_fmri
+
+from tests.helpers.fmri_rawkit import simple_spec, write_raw
 
 
 def _reference(raw: Path, prep: Path, sid: str, divisor=300.0, zscore=True):

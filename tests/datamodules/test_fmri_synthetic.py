@@ -2,10 +2,15 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from litbrain.datamodules import (
+    DataError,
+    load_truth,
+    prepare_fmri,
+    synthesize_fmri,
+    synthetic_oracle,
+    true_image_embedding,
+)
 from PIL import Image
-
-from litbrain.datamodules import (DataError, load_truth, prepare_fmri, synthesize_fmri, synthetic_oracle,
-                                  true_image_embedding)
 
 
 def _top1(pred, target):

@@ -8,7 +8,12 @@ import pytest
 
 mne_bids = pytest.importorskip("mne_bids")
 
-from litbrain.datamodules import DataError, load_seeg_truth, seeg_oracle_accuracy, synthesize_seeg  # noqa: E402
+from litbrain.datamodules import (  # noqa: E402
+    DataError,
+    load_seeg_truth,
+    seeg_oracle_accuracy,
+    synthesize_seeg,
+)
 
 
 def test_bids_round_trip(tiny_seeg_bids):

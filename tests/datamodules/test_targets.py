@@ -4,10 +4,11 @@ import json
 
 import numpy as np
 import pytest
+from litbrain.datamodules import DataError, embed_captions, embed_images, prepare_fmri
 from PIL import Image
 
-from litbrain.datamodules import (DataError, FrozenImageEncoder, FrozenTextEncoder, embed_captions, embed_images,
-                                  prepare_fmri)
+from litbrain.errors import ConfigError
+from litbrain.nn.encoders import FrozenImageEncoder, FrozenTextEncoder
 
 # A 1-layer ViT at 32 px, patch 8 -> 16 patch tokens of width 32; patch dropout is active only in
 # train mode, so a model left in train mode would change the token count and break determinism.
@@ -181,27 +182,27 @@ def test_truncated_image_leaves_nothing(raw, configs):
 
 @pytest.mark.parametrize("fn", [embed_images, embed_captions])
 def test_unknown_encoder_prefix(raw, fn):
-    with pytest.raises(DataError, match=r"encoder='clip:ViT-L-14': unknown .* encoder.*fix: name it as"):
+    with pytest.raises(ConfigError, match=r"encoder='clip:ViT-L-14': unknown .* encoder.*fix: name it as"):
         fn(raw, encoder="clip:ViT-L-14", pretrained=None)
     _assert_clean(raw)
     _assert_clean(raw, "embeddings/text.npz")
 
 
 def test_text_backend_not_for_images(raw):
-    with pytest.raises(DataError, match=r"encoder='hf:.*': unknown image encoder"):
+    with pytest.raises(ConfigError, match=r"encoder='hf:.*': unknown image encoder"):
         embed_images(raw, encoder="hf:sentence-transformers/all-MiniLM-L6-v2", pretrained=None)
 
 
 def test_unknown_model_names(raw, configs):
-    with pytest.raises(DataError, match=r"open_clip has no model 'ViT-bigG-15' \(close: .*ViT-bigG-14.*fix:"):
+    with pytest.raises(ConfigError, match=r"open_clip has no model 'ViT-bigG-15' \(close: .*ViT-bigG-14.*fix:"):
         embed_images(raw, encoder="open_clip:ViT-bigG-15", pretrained=None)
-    with pytest.raises(DataError, match=r"timm has no model 'vit_tiny_patch16_225'.*fix:"):
+    with pytest.raises(ConfigError, match=r"timm has no model 'vit_tiny_patch16_225'.*fix:"):
         embed_images(raw, encoder="timm:vit_tiny_patch16_225", pretrained=None)
-    with pytest.raises(DataError, match=r"pretrained='laion9b': not a pretrained tag .*laion2b_s39b_b160k.*fix:"):
+    with pytest.raises(ConfigError, match=r"pretrained='laion9b': not a pretrained tag .*laion2b_s39b_b160k.*fix:"):
         embed_images(raw, encoder="open_clip:ViT-bigG-14", pretrained="laion9b")
-    with pytest.raises(DataError, match=r"hf:/nonexistent/model.*cannot load a transformers model.*fix:"):
+    with pytest.raises(ConfigError, match=r"hf:/nonexistent/model.*cannot load a transformers model.*fix:"):
         embed_captions(raw, encoder="hf:/nonexistent/model")
-    with pytest.raises(DataError, match=r"tiny-clip\.json \(model_config\).*file name 'tiny-clip'.*fix: rename"):
+    with pytest.raises(ConfigError, match=r"tiny-clip\.json \(model_config\).*file name 'tiny-clip'.*fix: rename"):
         embed_images(raw, encoder="open_clip:other", pretrained=None, model_config=configs["clip"])
     _assert_clean(raw)
     _assert_clean(raw, "embeddings/text.npz")

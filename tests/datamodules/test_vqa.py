@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from litbrain.datamodules import DataError
-from litbrain.datamodules.vqa import VqaDataModule
-from litbrain.datamodules.vqa_synthetic import (
+from litbrain.datamodules.vqa.datamodule import VqaDataModule
+from litbrain.datamodules.vqa.synthetic import (
     COLOURS,
     COUNT_WORDS,
     QUESTION_TYPES,
-    WordTokenizer,
     cell_box,
+    decode_answer,
     make_item,
     position_names,
     render_scene,
     vqa_chance_accuracy,
+    world_tokenizer,
 )
 
 SIZE, GRID = 36, 3
@@ -72,13 +72,23 @@ def test_answers_match_the_rendered_image():
     assert all(n > 10 for n in checked.values())
 
 
-def test_tokenizer_round_trip_covers_the_world():
-    tok = WordTokenizer.for_world()
+def test_tokenizer_round_trip_covers_the_world(tmp_path):
+    """The world's tokenizer is a Hugging Face one: every question and answer round-trips, and it
+    saves and loads with save_pretrained / AutoTokenizer (as it travels inside a release)."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    tok = world_tokenizer()
+    assert isinstance(tok, PreTrainedTokenizerFast)
+    assert [tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, tok.unk_token_id] == [0, 1, 2, 3]
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
     for i in range(50):
         it = make_item(1, "val", i, question_types=QUESTION_TYPES)
-        ids = tok.encode(it.question)
-        assert tok.unk_id not in ids and tok.decode(ids) == it.question
-        assert tok.decode(tok.encode(it.answer) + [tok.eos_id, 7]) == it.answer
+        ids = tok.encode(it.question, add_special_tokens=False)
+        assert tok.unk_token_id not in ids and tok.decode(ids) == it.question
+        assert again.encode(it.question, add_special_tokens=False) == ids
+        answer = tok.encode(it.answer, add_special_tokens=False)
+        assert decode_answer(tok, answer + [tok.eos_token_id, 7]) == it.answer
 
 
 def test_datamodule_batches_and_chance():
@@ -89,7 +99,7 @@ def test_datamodule_batches_and_chance():
     assert b["question"].shape[0] == 8 and b["question_mask"].dtype.is_floating_point is False
     assert (b["answer"][b["answer_mask"]] >= 0).all()
     # answer = one word + <eos>
-    assert (b["answer_mask"].sum(1) == 2).all() and (b["answer"][:, 1] == dm.tokenizer.eos_id).all()
+    assert (b["answer_mask"].sum(1) == 2).all() and (b["answer"][:, 1] == dm.tokenizer.eos_token_id).all()
     assert (b["answer_label"] == b["answer"][:, 0]).all()
     ch = dm.chance
     assert 0 < ch["majority"] <= ch["majority_per_type"] < 1
@@ -110,8 +120,8 @@ def test_bad_settings(kw, msg):
 
 
 def test_batches_carry_the_scenes_per_cell_labels():
-    from litbrain.datamodules.vqa import VqaDataModule
-    from litbrain.datamodules.vqa_synthetic import COLOURS, SHAPES, make_item
+    from litbrain.datamodules.vqa.datamodule import VqaDataModule
+    from litbrain.datamodules.vqa.synthetic import COLOURS, SHAPES, make_item
 
     dm = VqaDataModule(n_train=16, n_val=8, n_test=8, batch_size=8, seed=3)
     dm.setup("fit")

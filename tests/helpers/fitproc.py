@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import Callback
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = str(REPO / "configs" / "fmri" / "demo.yaml")
 LITBRAIN = str(Path(sys.executable).parent / "litbrain")
 BATCH = 27  # 9 rows per subject -> 10 training batches per epoch on tiny_prepared (90 rows/subject)
@@ -31,17 +31,19 @@ def tiny_fit_args(data_dir: Path, run_dir: Path, *extra: str, epochs: int = 2, e
         "fit", "--config", DEMO_CONFIG,
         "--data.init_args.data_dir", str(data_dir),
         "--data.init_args.batch_size", str(batch_size),
-        "--model.init_args.width", "32",
-        "--model.init_args.n_blocks", "1",
+        "--model.init_args.net.width", "32",
+        "--model.init_args.net.n_blocks", "1",
         "--trainer.max_epochs", str(epochs),
         "--trainer.check_val_every_n_epoch", "1",
         "--trainer.deterministic", "true",
         "--trainer.default_root_dir", str(run_dir),
-        "--trainer.logger.init_args.save_dir", str(run_dir),
+        # the run's own checkpoint callback instead of the CLI's default (best.ckpt + last.ckpt)
+        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
         "--trainer.callbacks.init_args.dirpath", str(run_dir / "checkpoints"),
-        "--trainer.callbacks.init_args.monitor", "null",
         "--trainer.callbacks.init_args.filename", "step{step}",
         "--trainer.callbacks.init_args.every_n_train_steps", str(every_n_train_steps),
+        "--trainer.callbacks.init_args.save_last", "true",
+        "--trainer.callbacks.init_args.enable_version_counter", "false",
     ]
     return args + list(extra)  # the CLI adds BatchSeed to every run
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 SEEG_CONFIGS = REPO / "configs" / "seeg"
-TINY_MODEL = {"d_model": "32", "n_blocks": "1", "n_heads": "2", "filters": "[16,16,8]", "n_codes": "64",
-              "code_dim": "16", "decoder_blocks": "1"}
+TINY_MODEL = {"net.encoder.d_model": "32", "net.encoder.n_blocks": "1", "net.encoder.n_heads": "2",
+              "net.encoder.filters": "[16,16,8]", "net.n_codes": "64", "net.code_dim": "16", "net.decoder_blocks": "1"}
 
 
 def seeg_fit_args(config: str, data_dir: Path, run_dir: Path, *extra: str, epochs: int = 2,
@@ -19,8 +19,6 @@ def seeg_fit_args(config: str, data_dir: Path, run_dir: Path, *extra: str, epoch
         "--data.init_args.batch_size", "24",
         "--trainer.max_epochs", str(epochs),
         "--trainer.default_root_dir", str(run_dir),
-        "--trainer.logger.init_args.save_dir", str(run_dir),
-        "--trainer.callbacks.init_args.dirpath", str(run_dir / "checkpoints"),
         *sizes,
         *extra,
     ]

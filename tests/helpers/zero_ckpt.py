@@ -2,7 +2,7 @@
 
 Run as a subprocess (it initialises a gloo process group and DeepSpeed's global state):
 
-    python -m tests._zero_ckpt SOURCE.ckpt OUT_DIR
+    python -m tests.helpers.zero_ckpt SOURCE.ckpt OUT_DIR
 
 Lightning's DeepSpeedStrategy refuses non-CUDA accelerators, so this does by hand what it does
 on GPUs, with the same pieces: ``deepspeed.initialize`` on the LightningModule itself (Lightning
@@ -80,7 +80,7 @@ def main(source: str, out_dir: str) -> None:
         task.load_state_dict(ckpt["state_dict"])
         task.train()
         torch.manual_seed(0)
-        brain = {s: torch.randn(4, int(n)) for s, n in hp["subject_voxels"].items()}
+        brain = {s: torch.randn(4, int(n)) for s, n in hp["net"]["subjects"].items()}
         save(task, brain, stage, out / f"stage{stage}" / "last.ckpt", client_state)
 
         torch.manual_seed(stage)

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from litbrain.nn import DuinModel, PatchTokenizer, SubjectAdapter
+from litbrain.nn import DuinEncoderConfig, DuinModel, PatchTokenizer, SubjectAdapter
+from litbrain.release import load_release, save_release
 
 
 def test_tokenizer_at_duins_sizes_turns_100ms_patches_into_160_wide_tokens():
@@ -33,12 +34,13 @@ def brain():
     return {"sub-01": torch.randn(3, 4, 250), "sub-02": torch.randn(2, 6, 250)}
 
 
-SMALL = dict(n_times=250, patch_len=25, filters=[8, 8, 4], kernels=[5, 3, 3], strides=[5, 1, 1], d_model=20,
-             n_blocks=1, n_heads=2, n_codes=32, code_dim=8, decoder_blocks=1)
+SMALL = dict(encoder=DuinEncoderConfig(n_times=250, patch_len=25, filters=[8, 8, 4], kernels=[5, 3, 3], strides=[5, 1, 1],
+                                       d_model=20, n_blocks=1, n_heads=2),
+             n_codes=32, code_dim=8, decoder_blocks=1)
 
 
 def test_vqvae_reconstructs_every_subjects_own_channels(brain):
-    m = DuinModel("vqvae", {"sub-01": 4, "sub-02": 6}, **SMALL)
+    m = DuinModel(stage="vqvae", subjects={"sub-01": 4, "sub-02": 6}, **SMALL)
     recon, idx, commit = m.reconstruct(brain)
     assert {s: r.shape for s, r in recon.items()} == {"sub-01": (3, 4, 250), "sub-02": (2, 6, 250)}
     assert idx.shape == (5, 10) and idx.max() < 32
@@ -48,7 +50,7 @@ def test_vqvae_reconstructs_every_subjects_own_channels(brain):
 
 
 def test_masked_patches_only_see_the_mask_token(brain):
-    m = DuinModel("mae", {"sub-01": 4, "sub-02": 6}, **SMALL).eval()
+    m = DuinModel(stage="mae", subjects={"sub-01": 4, "sub-02": 6}, **SMALL).eval()
     mask = torch.zeros(5, 10, dtype=torch.bool)
     mask[:, 3] = True
     changed = {s: x.clone() for s, x in brain.items()}
@@ -59,16 +61,16 @@ def test_masked_patches_only_see_the_mask_token(brain):
 
 
 def test_classifier_outputs_one_logit_per_word_and_new_subjects_get_fresh_layers(brain):
-    m = DuinModel("classify", {"sub-01": 4, "sub-02": 6}, n_classes=7, **SMALL)
+    m = DuinModel(stage="classify", subjects={"sub-01": 4, "sub-02": 6}, n_classes=7, **SMALL)
     assert m(brain).shape == (5, 7)
     m.add_subject("sub-03", 9)
     assert m({"sub-03": torch.randn(2, 9, 250)}).shape == (2, 7)
     with pytest.raises(ValueError, match="n_classes"):
-        DuinModel("classify", {"a": 3}, **SMALL)
+        DuinModel(stage="classify", subjects={"a": 3}, **SMALL)
 
 
 def test_release_round_trip_is_bit_exact(tmp_path, brain):
-    m = DuinModel("classify", {"sub-01": 4, "sub-02": 6}, n_classes=7, **SMALL).eval()
-    m.save_pretrained(tmp_path)
-    back = DuinModel.from_pretrained(tmp_path).eval()
+    m = DuinModel(stage="classify", subjects={"sub-01": 4, "sub-02": 6}, n_classes=7, **SMALL).eval()
+    save_release(m, tmp_path / "release")
+    back = load_release(tmp_path / "release")
     assert torch.equal(m(brain), back(brain))

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from litbrain.errors import SubjectMismatchError
 from litbrain.nn import BrainDecoder, SubjectAdapter, freeze_all_but_adapters
 
 
@@ -25,12 +26,12 @@ def test_wrong_feature_count_and_unknown_subject_give_clear_errors():
     adapter = SubjectAdapter({"sub-01": 30}, out_features=8)
     with pytest.raises(ValueError, match="sub-01.*29 features.*expects 30"):
         adapter(torch.randn(1, 29), "sub-01")
-    with pytest.raises(KeyError, match="sub-09"):
+    with pytest.raises(SubjectMismatchError, match="sub-09"):
         adapter(torch.randn(1, 30), "sub-09")
 
 
 def test_add_subject_later_and_freeze_everything_else():
-    model = BrainDecoder({"sub-01": 30, "sub-02": 20}, [6], width=16, n_blocks=2)
+    model = BrainDecoder(subjects={"sub-01": 30, "sub-02": 20}, image_embedding_shape=[6], width=16, n_blocks=2)
     model.adapter.add_subject("sub-03", 25)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainable = freeze_all_but_adapters(model, ["sub-03"])

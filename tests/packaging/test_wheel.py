@@ -18,8 +18,13 @@ def test_wheel_contains_and_imports_litbrain_datamodules(tmp_path):
     )
     (wheel,) = (tmp_path / "dist").glob("litbrain-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "litbrain/datamodules/__init__.py" in names and "litbrain/datamodules/fmri.py" in names
-    assert "litbrain/nn/subject_adapter.py" in names and "litbrain/py.typed" in names
+    # every package folder of the repository is in the wheel: a new sub-package cannot drop out
+    packages = [p.parent.relative_to(REPO / "src") for p in (REPO / "src" / "litbrain").rglob("__init__.py")]
+    packages += [Path("litbrain") / p.parent.relative_to(REPO) for p in (REPO / "datamodules").rglob("__init__.py")]
+    assert len(packages) > 10
+    for pkg in packages:
+        assert f"{pkg.as_posix()}/__init__.py" in names, pkg
+    assert "litbrain/datamodules/fmri/prepare.py" in names and "litbrain/py.typed" in names
     assert not any(n.startswith(("datamodules/", "tests/", "src/")) for n in names)
     assert any(n.endswith("entry_points.txt") for n in names)
     site = tmp_path / "site"

@@ -7,7 +7,17 @@ import subprocess
 
 import pytest
 
-from tests._fitproc import LITBRAIN, REPO, assert_same_weights, fit_env, global_step, start_fit, tiny_fit_args, wait_for, wait_ok
+from tests.helpers.fitproc import (
+    LITBRAIN,
+    REPO,
+    assert_same_weights,
+    fit_env,
+    global_step,
+    start_fit,
+    tiny_fit_args,
+    wait_for,
+    wait_ok,
+)
 from tests.slurm.conftest import job_info, sbatch, wait_job
 
 pytestmark = pytest.mark.slurm
@@ -47,7 +57,7 @@ def test_preempted_job_requeues_resumes_and_ends_with_the_uninterrupted_weights(
     run.mkdir()
     # Pace: 1 s per step, so the 20-step job is surely still training when SIGUSR1 comes, even on a
     # loaded machine (at 0.4 s it once finished first in CI); no numeric effect.
-    pace = ["--trainer.callbacks+=tests._fitproc.Pace", "--trainer.callbacks.init_args.seconds", "1.0"]
+    pace = ["--trainer.callbacks+=tests.helpers.fitproc.Pace", "--trainer.callbacks.init_args.seconds", "1.0"]
     args = tiny_fit_args(tiny_prepared, run, epochs=2, every_n_train_steps=4)[1:] + pace
     job = sbatch(CPU_TEMPLATE, args, run / "job.out", "--ntasks-per-node=1", env=_job_env())
     # The uninterrupted reference: the same fit outside SLURM (same thread count; the CLI adds BatchSeed to both).

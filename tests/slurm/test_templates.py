@@ -5,7 +5,7 @@ import subprocess
 import pytest
 
 from litbrain.slurm import SlurmTemplateError, read_directives, render_sbatch
-from tests._fitproc import REPO
+from tests.helpers.fitproc import REPO
 
 SLURM = REPO / "slurm"
 TEMPLATES = ["cpu.sbatch", "gpu_single_node.sbatch", "gpu_multi_node.sbatch"]

@@ -1,27 +1,26 @@
 import json
-import shutil
 
-import numpy as np
 import pytest
 import torch
 from lightning.pytorch.utilities import AttributeDict
+from litbrain.datamodules import FmriDataModule, prepare_fmri, synthesize_fmri
 
 from litbrain.cli import main
-from litbrain.datamodules import FmriDataModule, prepare_fmri, synthesize_fmri
-from litbrain.hub import decoder_from_checkpoint, export_release, load_checkpoint, load_release
 from litbrain.nn import BrainDecoder
+from litbrain.release import export_release, load_model, load_release
 from litbrain.tasks import FmriDecodingTask
 from litbrain.tasks.fmri_decoding import decoder_loss
-
-from tests.tasks._fit import fit_args
+from litbrain.utils.checkpoint import read_checkpoint as load_checkpoint
+from tests.helpers.fit import fit_args
 
 
 def test_fit_through_the_cli_leaves_a_safe_checkpoint_with_the_datas_subjects(tiny_checkpoint, tiny_prepared):
     ckpt = load_checkpoint(tiny_checkpoint)  # weights_only=True
     manifest = json.loads((tiny_prepared / "manifest.json").read_text())
     expected = {s: v["n_voxels"] for s, v in manifest["subjects"].items()}
-    assert ckpt["hyper_parameters"]["subject_voxels"] == expected
-    assert ckpt["hyper_parameters"]["image_embedding_shape"] == manifest["image_embedding_shape"]
+    net = ckpt["litbrain"]["net"]
+    assert net["model_type"] == "fmri_decoder" and net["subjects"] == expected
+    assert net["image_embedding_shape"] == manifest["image_embedding_shape"]
     assert ckpt["global_step"] > 0
     adapters = {k.split(".")[3] for k in ckpt["state_dict"] if k.startswith("model.adapter.maps.")}
     assert adapters == set(expected)
@@ -40,7 +39,8 @@ def test_loss_runs_bimixco_first_then_annealed_softclip(tiny_prepared):
     dm = FmriDataModule(str(tiny_prepared), batch_size=30)
     dm.setup("fit")
     batch = _batch(dm)
-    model = BrainDecoder(dm.subject_voxels, list(dm.image_embedding_shape), dm.text_embedding_dim, width=32, n_blocks=1)
+    model = BrainDecoder(subjects=dm.subject_voxels, image_embedding_shape=list(dm.image_embedding_shape),
+                         text_embedding_dim=dm.text_embedding_dim, width=32, n_blocks=1)
     h = _hparams(mixco_fraction=0.33)
     _, early = decoder_loss(model, batch, 0.1, h)
     _, late = decoder_loss(model, batch, 1.0, h)
@@ -54,10 +54,11 @@ def test_loss_runs_bimixco_first_then_annealed_softclip(tiny_prepared):
 
 def test_checkpoint_export_from_pretrained_round_trip_is_exact(tiny_checkpoint, tiny_prepared, tmp_path):
     release = export_release(tiny_checkpoint, tmp_path / "release", metrics={"rows": [{"method": "decoder", "brain_to_image": 0.5}]})
-    assert sorted(p.name for p in release.iterdir()) == ["README.md", "config.json", "metrics.json", "model.safetensors"]
+    assert sorted(p.name for p in release.iterdir()) == ["README.md", "config.json", "manifest.json", "metrics.json",
+                                                         "model.safetensors"]
     card = (release / "README.md").read_text()
     assert "library_name: litbrain" in card and "| decoder | 0.500 |" in card and "Intended use" in card
-    from_ckpt = decoder_from_checkpoint(tiny_checkpoint)
+    from_ckpt = load_model(tiny_checkpoint)
     from_release = load_release(release)
     task = FmriDecodingTask.load_from_checkpoint(tiny_checkpoint, weights_only=True, map_location="cpu")
     task.configure_model()
@@ -132,7 +133,11 @@ def test_unknown_config_key_is_one_clear_error(tmp_path, capsys):
 def test_help_lists_every_verb(capsys):
     main(["--help"])
     out = capsys.readouterr().out
-    for verb in ("fit", "validate", "test", "predict", "synthesize", "prepare", "evaluate", "export"):
+    for verb in ("fit", "validate", "test", "predict", "export", "fmri", "seeg", "vlm"):
+        assert f"  {verb} " in out
+    main(["fmri", "--help"])
+    out = capsys.readouterr().out
+    for verb in ("synthesize", "prepare", "evaluate", "bench"):
         assert f"  {verb} " in out
 
 

@@ -4,12 +4,12 @@ import json
 
 import pytest
 import torch
+from litbrain.datamodules import prepare_fmri, synthesize_fmri
 
 from litbrain.cli import main
-from litbrain.datamodules import prepare_fmri, synthesize_fmri
-from litbrain.evaluation import evaluate_decoder
-from litbrain.hub import load_checkpoint
-from tests.tasks._fit import REPO, fit_args
+from litbrain.evaluation.fmri import evaluate_decoder
+from litbrain.utils.checkpoint import read_checkpoint as load_checkpoint
+from tests.helpers.fit import REPO, fit_args
 
 NEW_SUBJECT_CONFIG = str(REPO / "configs" / "fmri" / "new_subject.yaml")
 
@@ -31,8 +31,6 @@ def _new_subject_args(data, run_dir, *extra):
         "--data.init_args.data_dir", str(data),
         "--data.init_args.subjects", "[sub-03]",
         "--trainer.default_root_dir", str(run_dir),
-        "--trainer.logger.init_args.save_dir", str(run_dir),
-        "--trainer.callbacks.init_args.dirpath", str(run_dir / "checkpoints"),
         "--data.init_args.batch_size", "20",
         "--trainer.max_epochs", "80",
         "--trainer.check_val_every_n_epoch", "100",
@@ -50,16 +48,16 @@ def _top1(data, ckpt, out):
 def test_adapter_only_transfer_beats_scratch_with_ten_percent_of_the_new_subjects_trials(transfer_data, tmp_path):
     base_dir = tmp_path / "base"
     main(fit_args(transfer_data, base_dir, "--data.init_args.subjects", "[sub-01, sub-02]",
-                  "--data.init_args.batch_size", "64", "--model.init_args.width", "128",
-                  "--model.init_args.adapter", "linear",
+                  "--data.init_args.batch_size", "64", "--model.init_args.net.width", "128",
+                  "--model.init_args.net.adapter", "linear",
                   "--trainer.max_epochs", "25", "--trainer.check_val_every_n_epoch", "100"))
     base = base_dir / "checkpoints" / "last.ckpt"
 
     main(_new_subject_args(transfer_data, tmp_path / "transfer", "--model.init_args.init_from", str(base)))
     transfer_ckpt = tmp_path / "transfer" / "checkpoints" / "last.ckpt"
     main(_new_subject_args(transfer_data, tmp_path / "scratch", "--model.init_args.init_from", "null",
-                           "--model.init_args.freeze", "none", "--model.init_args.width", "128",
-                           "--model.init_args.n_blocks", "2", "--model.init_args.adapter", "linear"))
+                           "--model.init_args.freeze", "none", "--model.init_args.net.width", "128",
+                           "--model.init_args.net.n_blocks", "2", "--model.init_args.net.adapter", "linear"))
     scratch_ckpt = tmp_path / "scratch" / "checkpoints" / "last.ckpt"
 
     # Adapter-only really froze the shared part: backbone weights equal the base model's.
@@ -67,7 +65,7 @@ def test_adapter_only_transfer_beats_scratch_with_ten_percent_of_the_new_subject
     shared = [k for k in b if not k.startswith("model.adapter.")]
     assert shared and all(torch.equal(b[k], t[k]) for k in shared)
     assert not any(k.startswith("model.adapter.maps.sub-03") for k in b)
-    assert load_checkpoint(transfer_ckpt)["hyper_parameters"]["subject_voxels"].keys() == {"sub-01", "sub-02", "sub-03"}
+    assert load_checkpoint(transfer_ckpt)["litbrain"]["net"]["subjects"].keys() == {"sub-01", "sub-02", "sub-03"}
     n_train = json.loads((transfer_data / "manifest.json").read_text())["subjects"]["sub-03"]["n_train"]
     assert n_train >= 500  # 10% of it is what both runs saw
 

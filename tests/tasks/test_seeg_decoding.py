@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from litbrain.cli import main
-from litbrain.hub import export_release, load_checkpoint, load_release
+from litbrain.evaluation.seeg import evaluate_seeg, format_seeg_table, load_duin
 from litbrain.nn import DuinModel
-from litbrain.seeg_evaluation import evaluate_seeg, format_seeg_table, load_duin
+from litbrain.release import export_release, load_release
 from litbrain.tasks import SeegDecodingTask
-
-from tests.tasks._seeg_fit import seeg_fit_args
+from litbrain.utils.checkpoint import read_checkpoint as load_checkpoint
+from tests.helpers.seeg_fit import seeg_fit_args
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +35,13 @@ def chain(tiny_seeg_prepared, tmp_path_factory):
 def test_each_stage_records_its_stage_and_later_stages_reuse_the_encoder_sizes(chain, tiny_seeg_prepared):
     manifest = json.loads((tiny_seeg_prepared / "manifest.json").read_text())
     channels = {s: v["n_channels"] for s, v in manifest["subjects"].items()}
-    hps = {k: load_checkpoint(chain[k])["hyper_parameters"] for k in ("vqvae", "mae", "classify")}
-    assert [hps[k]["stage"] for k in hps] == ["vqvae", "mae", "classify"]
+    nets = {k: load_checkpoint(chain[k])["litbrain"]["net"] for k in ("vqvae", "mae", "classify")}
+    assert [nets[k]["stage"] for k in nets] == ["vqvae", "mae", "classify"]
+    assert all(n["model_type"] == "duin" for n in nets.values())
     for k in ("mae", "classify"):  # the stage configs do not repeat the sizes: they come from the chain
-        assert hps[k]["d_model"] == hps["vqvae"]["d_model"] == 32
-        assert hps[k]["subject_channels"] == channels
-    assert hps["classify"]["n_classes"] == len(manifest["labels"])
+        assert nets[k]["encoder"] == nets["vqvae"]["encoder"] and nets[k]["encoder"]["d_model"] == 32
+        assert nets[k]["subjects"] == channels
+    assert nets["classify"]["n_classes"] == len(manifest["labels"])
 
 
 def test_stage_two_targets_come_from_the_frozen_stage_one_tokenizer(chain):
@@ -51,16 +52,13 @@ def test_stage_two_targets_come_from_the_frozen_stage_one_tokenizer(chain):
 
 
 def test_stage_three_starts_from_the_stage_two_encoder(chain):
-    task = SeegDecodingTask(stage="classify", init_from=str(chain["mae"]), n_classes=6)
+    task = SeegDecodingTask(net={"stage": "classify", "n_classes": 6}, init_from=str(chain["mae"]))
     task.setup("fit")
     task.configure_model()
     mae = load_checkpoint(chain["mae"])["state_dict"]
     enc = {k: v for k, v in task.model.state_dict().items() if k.startswith("encoder.")}
     assert enc and all(torch.equal(v, mae["model." + k]) for k, v in enc.items())
-    scratch = SeegDecodingTask(stage="classify", **{k: load_checkpoint(chain["scratch"])["hyper_parameters"][k]
-                                                     for k in ("subject_channels", "n_times", "n_classes", "patch_len",
-                                                               "filters", "kernels", "strides", "d_model", "n_blocks",
-                                                               "n_heads")})
+    scratch = SeegDecodingTask(net=load_checkpoint(chain["scratch"])["hyper_parameters"]["net"])
     scratch.configure_model()
     assert not torch.equal(scratch.model.encoder.pos, task.model.encoder.pos)
 
@@ -86,7 +84,7 @@ def test_a_checkpoint_of_the_wrong_stage_is_one_clear_error(chain, tiny_seeg_pre
                            *fix_other, tiny=False))
     assert exc.value.code == 2
     line = _one_error_line(capsys)
-    assert f"model.{key}" in line and f"stage-'{wrong}'" in line and f"needs a stage-'{needed}'" in line
+    assert f"model.{key}={chain[wrong]}" in line and f"stage-'{wrong}'" in line and f"needs a stage-'{needed}'" in line
     assert not (tmp_path / "checkpoints").exists()
 
 
@@ -140,8 +138,9 @@ def test_evaluate_with_few_labels_fits_the_logistic_baseline_on_the_networks_lab
         chain, tiny_seeg_prepared, tmp_path, monkeypatch):
     """At label_fraction < 1 the logistic regression sees exactly the epochs that kept their label
     in the DataModule (same seed), not the whole training split."""
-    import litbrain.seeg_evaluation as ev
     from litbrain.datamodules import SeegDataModule
+
+    import litbrain.evaluation.seeg as ev
 
     seen = []
     real = ev.fit_logistic

@@ -11,22 +11,21 @@ import json
 import numpy as np
 import pytest
 import torch
+from litbrain.datamodules import prepare_seeg, synthesize_seeg
 
 from litbrain.cli import main
-from litbrain.datamodules import prepare_seeg, synthesize_seeg
-from litbrain.seeg_evaluation import codebook_usage, load_duin
-
-from tests.tasks._seeg_fit import seeg_fit_args
+from litbrain.evaluation.seeg import codebook_usage, load_duin
+from tests.helpers.seeg_fit import seeg_fit_args
 
 pytestmark = pytest.mark.slow
 
 SMALL_SEEG = dict(n_subjects=3, n_channels=[10, 11, 12], region_channels=[6, 7, 8], n_words=20, trials_per_word=20,
                   runs=2, sfreq=250.0, epoch_s=1.5, snr=0.6, oracle_trials=20, seed=1)
-SMALL_ENCODER = ["--model.init_args.d_model", "48", "--model.init_args.n_blocks", "2", "--model.init_args.n_heads", "4",
-                 "--model.init_args.filters", "[32,32,16]", "--model.init_args.kernels", "[9,3,3]",
-                 "--model.init_args.strides", "[5,1,1]"]
-SMALL_MODEL = [*SMALL_ENCODER, "--model.init_args.n_codes", "256", "--model.init_args.code_dim", "32",
-               "--model.init_args.decoder_blocks", "1"]
+SMALL_ENCODER = ["--model.init_args.net.encoder.d_model", "48", "--model.init_args.net.encoder.n_blocks", "2",
+                 "--model.init_args.net.encoder.n_heads", "4", "--model.init_args.net.encoder.filters", "[32,32,16]",
+                 "--model.init_args.net.encoder.kernels", "[9,3,3]", "--model.init_args.net.encoder.strides", "[5,1,1]"]
+SMALL_MODEL = [*SMALL_ENCODER, "--model.init_args.net.n_codes", "256", "--model.init_args.net.code_dim", "32",
+               "--model.init_args.net.decoder_blocks", "1"]
 
 
 def _small_set(root, **overrides):

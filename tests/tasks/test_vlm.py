@@ -7,14 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from litbrain.datamodules.vqa.datamodule import VqaDataModule
 
-from litbrain.datamodules.vqa import VqaDataModule
+from litbrain.nn.encoders import causal_lm as build_causal_lm
+from litbrain.nn.encoders import vision_tower as build_vision_encoder
 from litbrain.nn.lm_dropping import AttentionWeightsUnavailableError, UnsupportedLMError
-from litbrain.nn.vlm import DroppingConfig, VisionLanguageModel, build_causal_lm, build_vision_encoder
+from litbrain.nn.vlm import DroppingConfig, VisionLanguageModel
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[2]
-VISION = {"library": "timm", "name": "vit_tiny_patch16_224",
+VISION = {"encoder": "timm:vit_tiny_patch16_224",
           "kwargs": {"img_size": 36, "patch_size": 4, "embed_dim": 32, "depth": 3, "num_heads": 2}}
 LM = {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 4,
       "num_key_value_heads": 2, "intermediate_size": 64}
@@ -37,7 +39,7 @@ def _model(dm, dropping=None, attn="eager", lm=None):
     tok = dm.tokenizer
     vit = build_vision_encoder(VISION)
     lm = build_causal_lm(lm or {**LM, "vocab_size": dm.vocab_size}, attn)
-    return VisionLanguageModel(vit, lm, tok.bos_id, tok.eos_id, tok.pad_id, dropping=dropping)
+    return VisionLanguageModel(vit, lm, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, dropping=dropping)
 
 
 SETTINGS = {
@@ -112,10 +114,9 @@ def test_litbrain_fit_demo_config(tmp_path):
         "fit", "--config", str(REPO / "configs" / "vlm" / "synthetic_demo.yaml"),
         "--data.init_args.n_train", "32", "--data.init_args.n_val", "16", "--data.init_args.n_test", "16",
         "--data.init_args.batch_size", "8",
-        "--model.init_args.vision", json.dumps(VISION),
+        "--model.init_args.net.vision", json.dumps(VISION),
         "--trainer.max_steps", "3", "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "1",
-        "--trainer.default_root_dir", str(run), "--trainer.logger.init_args.save_dir", str(run),
-        "--trainer.callbacks.init_args.dirpath", str(run / "checkpoints"),
+        "--trainer.default_root_dir", str(run),
     ])
     assert (run / "checkpoints" / "last.ckpt").is_file()
     metrics = (run / "logs" / "version_0" / "metrics.csv").read_text()
@@ -123,11 +124,25 @@ def test_litbrain_fit_demo_config(tmp_path):
     from litbrain.tasks.vlm import VisionLanguageTask
 
     task = VisionLanguageTask.load_from_checkpoint(run / "checkpoints" / "last.ckpt", weights_only=False)
-    assert task.model is not None and task.hparams.lm["vocab_size"] > 0
+    assert task.model is not None and task.hparams.net["lm"]["vocab_size"] > 0
+    # the VLM exports like every model, its tokenizer beside the weights
+    from litbrain.release import export_release, load_release, load_tokenizer
+
+    release = export_release(run / "checkpoints" / "last.ckpt", tmp_path / "release")
+    model, tok = load_release(release), load_tokenizer(release)
+    assert isinstance(model, VisionLanguageModel) and len(tok) == task.hparams.net["lm"]["vocab_size"]
+    from litbrain.datamodules.vqa.synthetic import world_tokenizer
+
+    words = "what colour is the shape at top left ?"
+    assert tok.encode(words, add_special_tokens=False) == world_tokenizer().encode(words, add_special_tokens=False)
+    batch = next(iter(VqaDataModule(n_train=8, n_val=8, n_test=8, batch_size=4).val_dataloader()))
+    task.model.eval()
+    with torch.no_grad():
+        assert torch.equal(model.generate(batch)[0], task.model.generate(batch)[0])
 
 
 def test_sincos_position_init_and_bad_value():
-    from litbrain.nn.vlm import sincos_2d
+    from litbrain.nn.encoders import sincos_2d
 
     vit = build_vision_encoder({**VISION, "pos_embed_init": "sincos"})
     pe = vit.pos_embed[0, vit.num_prefix_tokens:]
@@ -140,13 +155,13 @@ def test_sincos_position_init_and_bad_value():
 def test_vision_pos_adds_the_sincos_of_each_tokens_centre(dm, batch):
     """vision_pos=sincos: the projected tokens gain sincos_position(centre); for dense tokens that is
     exactly sincos_2d of the patch grid, and merged tokens get their patches' mean position."""
-    from litbrain.nn.vlm import sincos_2d, sincos_position
+    from litbrain.nn.encoders import sincos_2d, sincos_position
 
     plain = _model(dm).eval()
     torch.manual_seed(0)
     tok = dm.tokenizer
     lm = build_causal_lm({**LM, "vocab_size": dm.vocab_size}, "eager")
-    pos = VisionLanguageModel(build_vision_encoder(VISION), lm, tok.bos_id, tok.eos_id, tok.pad_id,
+    pos = VisionLanguageModel(build_vision_encoder(VISION), lm, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id,
                               vision_pos="sincos").eval()
     pos.load_state_dict(plain.state_dict())
     with torch.no_grad():
@@ -159,14 +174,14 @@ def test_vision_pos_adds_the_sincos_of_each_tokens_centre(dm, batch):
         torch.testing.assert_close(b - a, sincos_position(vt.centre, 32) * vt.mask[..., None])
     assert not torch.equal(pos(batch)["loss"], plain(batch)["loss"])
     with pytest.raises(ValueError, match="vision_pos='rope'"):
-        VisionLanguageModel(build_vision_encoder(VISION), lm, tok.bos_id, tok.eos_id, tok.pad_id, vision_pos="rope")
+        VisionLanguageModel(build_vision_encoder(VISION), lm, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, vision_pos="rope")
 
 
 def _rope_model(dm, vision_rope):
     torch.manual_seed(0)
     tok = dm.tokenizer
     lm = build_causal_lm({**LM, "vocab_size": dm.vocab_size}, "eager")
-    return VisionLanguageModel(build_vision_encoder(VISION), lm, tok.bos_id, tok.eos_id, tok.pad_id,
+    return VisionLanguageModel(build_vision_encoder(VISION), lm, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id,
                                vision_rope=vision_rope).eval()
 
 

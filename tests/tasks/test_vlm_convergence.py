@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from litbrain.datamodules.vqa.datamodule import VqaDataModule
 
 from litbrain.benchmarks.vlm_dropping import _evaluate, _setting, _train
-from litbrain.datamodules.vqa import VqaDataModule
 
-VISION = {"library": "timm", "name": "vit_tiny_patch16_224", "pos_embed_init": "sincos",
+VISION = {"encoder": "timm:vit_tiny_patch16_224", "pos_embed_init": "sincos",
           "kwargs": {"img_size": 36, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}}
 LM = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
       "num_key_value_heads": 2, "intermediate_size": 128, "rope_theta": 1.0e6}
@@ -24,9 +24,9 @@ def test_training_with_mustdrop_converges_like_dense():
     val = list(dm.val_dataloader())
     chance = dm.chance["majority_per_type"]
     md = _setting("mustdrop_123", 0.25, 0.5, [0], {})
-    base = {"vision": VISION, "lm": LM, "lr": 2e-3}
-    dense, _ = _train({**base, "dropping": {"method": "none"}}, dm, STEPS, 0)
-    dropped, _ = _train({**base, "dropping": md.__dict__}, dm, STEPS, 0)
+    base = {"vision": VISION, "lm": LM}
+    dense, _ = _train({"net": {**base, "dropping": {"method": "none"}}, "lr": 2e-3}, dm, STEPS, 0)
+    dropped, _ = _train({"net": {**base, "dropping": md.__dict__}, "lr": 2e-3}, dm, STEPS, 0)
     acc_dense = _evaluate(dense.model, val, _setting("dense", 0.25, 0.5, [0], {}))["acc"]
     res = _evaluate(dropped.model, val, md)
     print(f"chance {chance:.3f} dense {acc_dense:.3f} trained+evaluated with MustDrop 1+2+3 {res['acc']:.3f} "
