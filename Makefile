@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,deepspeed]' 2>&1 \
 	  | grep -v "^WARNING: Location" || true
-	@$(BIN)/python -c "import litbrain, litbrain.datamodules, torch, lightning, deepspeed" \
+	@DS_ACCELERATOR=cpu $(BIN)/python -c "import litbrain, litbrain.datamodules, torch, lightning, deepspeed" \
 	  || { echo "litbrain install failed; see the pip output above"; exit 1; }
 	@touch $(STAMP)
 

@@ -295,6 +295,27 @@ def read_manifest_json(data_dir: str | os.PathLike, what: str, prepare: str,
     return m
 
 
+def content_fingerprint(files: Sequence[tuple[str, Path]], params: dict) -> str:
+    """sha256 of the parameters and of every ``(name, file)``'s content, streamed in 1 MiB blocks.
+
+    Outputs record it: the same bytes under the same names give the same fingerprint wherever they
+    were copied and whatever their modification times; one changed byte gives another. A missing
+    file hashes as missing (the validation that follows names it).
+    """
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
+    for name, path in files:
+        h.update(b"\0" + str(name).encode() + b"\0")
+        try:
+            with open(path, "rb") as f:
+                while block := f.read(1 << 20):
+                    h.update(block)
+        except FileNotFoundError:
+            h.update(b"<missing>")
+    return h.hexdigest()[:32]
+
+
 def output_is_current(out: Path, fingerprint: str, overwrite: bool, read_meta: Callable[[Path], dict | None],
                       made: str = "prepared", foreign: str = "is not a prepared dataset",
                       field: str = "out_dir") -> bool:
@@ -312,7 +333,8 @@ def output_is_current(out: Path, fingerprint: str, overwrite: bool, read_meta: C
         return True
     if not overwrite:
         what = f"was {made} from other inputs or parameters" if meta else f"exists and {foreign}"
-        raise DataError(f"{out}: {what}; fix: pass overwrite=True to replace it or choose another {field}")
+        raise DataError(f"{out}: {what}; fix: pass --overwrite true (overwrite=True in Python) to replace it, "
+                        f"or choose another {field}")
     return False
 
 

@@ -38,7 +38,6 @@ the file or field and the fix, and nothing is left behind.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -59,7 +58,13 @@ from litbrain.nn.encoders import (
 )
 from litbrain.utils.io import atomic_file, remove_stale_temporaries, temporary_sibling
 
-from .io import NpyRowWriter, _fmt_list, output_is_current, read_tsv
+from .io import (
+    NpyRowWriter,
+    _fmt_list,
+    content_fingerprint,
+    output_is_current,
+    read_tsv,
+)
 
 __all__ = ["embed_images", "embed_captions"]
 
@@ -111,17 +116,11 @@ def _read_stimuli(raw: Path) -> Any:
 
 
 def _fingerprint(files: Sequence[Path], params: dict, model_config: str | None) -> str:
-    entries = []
-    for p in files:
-        try:
-            st = p.stat()
-            entries.append([str(p), st.st_size, st.st_mtime_ns])
-        except FileNotFoundError:
-            entries.append([str(p), None, None])
-    cfg = hashlib.sha256(Path(model_config).read_bytes()).hexdigest() if model_config and \
-        Path(model_config).is_file() else None
-    blob = json.dumps({"v": _META_VERSION, "files": entries, "params": params, "model_config": cfg}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+    """Content hash of the inputs (images, tables, the model config file) and the parameters."""
+    named = [(p.name if p.parent == files[0].parent else str(p), p) for p in files]
+    if model_config and Path(model_config).is_file():
+        named.append(("model_config", Path(model_config)))
+    return content_fingerprint(named, {"v": _META_VERSION, **params})
 
 
 def _up_to_date(out: Path, fp: str, overwrite: bool) -> bool:

@@ -50,7 +50,7 @@ if echo | munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
 else
   rm -f /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock
   runuser -u munge -- /usr/sbin/munged --pid-file="$DIR/munge/munged.pid" || die "munged failed to start"
-  for _ in $(seq 50); do echo | munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.1; done
+  for _ in $(seq 300); do echo | munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.1; done  # 30 s: slow on a loaded machine
   echo | munge -n | unmunge >/dev/null || die "munged is not answering"
   touch "$DIR/munged.ours"
 fi

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import pkgutil
 
 import lightning.pytorch  # noqa: F401  (imported outside capsys: it binds logging handlers to sys.stderr)
@@ -40,31 +41,144 @@ def test_every_exception_class_of_the_package_derives_from_litbrain_error():
     assert outside == []
 
 
-BAD = {
-    "fmri prepare": ["fmri", "prepare", "--raw_dir", "/nonexistent/raw", "--out_dir", "{tmp}/prepared"],
-    "seeg prepare": ["seeg", "prepare", "--bids_root", "/nonexistent/bids", "--out_dir", "{tmp}/prepared"],
-    "fmri evaluate": ["fmri", "evaluate", "--data_dir", "/nonexistent/prepared", "--checkpoint", "{tmp}/x.ckpt"],
-    "seeg evaluate": ["seeg", "evaluate", "--checkpoint", "{tmp}/none.ckpt", "--data_dir", "/nonexistent",
-                      "--out_dir", "{tmp}/res"],
-    "vlm bench": ["vlm", "bench", "--config", str(REPO / "configs/bench/vlm_dropping.yaml"),
-                  "--mustdrop", '{"merge_treshold": 0.9}', "--out_json", "null"],
-    "vlm bench-vit": ["vlm", "bench-vit", "--quick", "true", "--window", "1"],
-    "fit (fmri)": ["fit", "--config", DEMO_CONFIG, "--data.init_args.data_dir", "/nonexistent/prepared"],
-    "export": ["export", "--checkpoint", "{tmp}/missing.ckpt", "--out", "{tmp}/release"],
-    "consolidate": ["consolidate", "--checkpoint", "{tmp}", "--out", "{tmp}/full.ckpt"],
-    "estimate-memory": ["estimate-memory"],
-    "push": ["push", "--release", "{tmp}", "--repo_id", "bad id!"],
-    "embed-images": ["embed-images", "--raw_dir", "{tmp}", "--encoder", "clip:ViT-L-14"],
+@pytest.fixture(scope="module")
+def raw_3d(tmp_path_factory):
+    """A raw fMRI set whose second session is a 3D NIfTI (one volume saved without its trial axis)."""
+    import nibabel as nib
+    import numpy as np
+
+    from tests.helpers.fmri_rawkit import simple_spec, write_raw
+
+    spec, stimuli = simple_spec(np.random.default_rng(0), n_sessions=2)
+    raw = write_raw(tmp_path_factory.mktemp("raw3d") / "raw", {"sub-01": spec}, stimuli)
+    path = next(iter(sorted((raw / "sub-01").glob("betas_session02*"))))
+    img = nib.load(path)
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj)[..., 0], img.affine, img.header), path)
+    return raw
+
+
+# name -> (argv, what the one line must say); {tmp} is the test's folder, {prepared} the tiny prepared set.
+CASES = {
+    # fMRI
+    "fmri prepare: no raw folder": (["fmri", "prepare", "--raw_dir", "/nonexistent/raw", "--out_dir", "{tmp}/prepared"],
+                                    "/nonexistent/raw"),
+    "fmri prepare: 3D betas": (["fmri", "prepare", "--raw_dir", "{raw3d}", "--out_dir", "{tmp}/prepared"],
+                               "betas must be 4D (X,Y,Z,trials), got a 3D image"),
+    "fmri prepare: wrong type": (["fmri", "prepare", "--raw_dir", "{raw3d}", "--out_dir", "{tmp}/prepared",
+                                  "--val_fraction", "lots"], "val_fraction: 'lots' is not a number"),
+    "fmri evaluate: no prepared set": (["fmri", "evaluate", "--data_dir", "/nonexistent/prepared", "--checkpoint",
+                                        "{tmp}/x.ckpt"], "fix:"),
+    "fit before prepare": (["fit", "--config", DEMO_CONFIG, "--data.init_args.data_dir", "/nonexistent/prepared",
+                            "--trainer.default_root_dir", "{tmp}/run"],
+                           "prepared fMRI dataset folder not found; fix: run `litbrain fmri prepare`"),
+    "fit: unknown subject": (["fit", "--config", DEMO_CONFIG, "--data.init_args.data_dir", "{prepared}",
+                              "--data.init_args.subjects", "[sub-09]", "--trainer.default_root_dir", "{tmp}/run"],
+                             "subject(s) ['sub-09'] not prepared"),
+    "fit: wrong type on the command line": (["fit", "--config", DEMO_CONFIG, "--trainer.max_epochs", "ten"],
+                                            "trainer.max_epochs: 'ten' is not an integer"),
+    "fit: wrong type in a nested block": (["fit", "--config", DEMO_CONFIG, "--data.init_args.batch_size", "ninety-six"],
+                                          "batch_size: 'ninety-six' is not an integer"),
+    "fit: a value Lightning refuses": (["fit", "--config", DEMO_CONFIG, "--data.init_args.data_dir", "{prepared}",
+                                        "--trainer.max_epochs", "-5", "--trainer.default_root_dir", "{tmp}/run"],
+                                       "`max_epochs` must be a non-negative integer"),
+    "fit: a misspelt trainer key in a file": (["fit", "--config", DEMO_CONFIG, "--config", "{typo}"],
+                                              "unknown key 'trainer.max_epoch' in"),
+    "fit: no such ckpt_path": (["fit", "--config", DEMO_CONFIG, "--data.init_args.data_dir", "{prepared}",
+                                "--ckpt_path", "{tmp}/missing.ckpt", "--trainer.default_root_dir", "{tmp}/run"],
+                               "ckpt_path={tmp}/missing.ckpt: no such checkpoint file"),
+    "fit: a text file as ckpt_path": (["fit", "--config", DEMO_CONFIG, "--data.init_args.data_dir", "{prepared}",
+                                       "--ckpt_path", "{text}", "--trainer.default_root_dir", "{tmp}/run"],
+                                      "not a zip archive"),
+    "export: a text file named .ckpt": (["export", "--checkpoint", "{text}", "--out", "{tmp}/release"],
+                                        "not a zip archive"),
+    "export: missing checkpoint": (["export", "--checkpoint", "{tmp}/missing.ckpt", "--out", "{tmp}/release"],
+                                   "no such checkpoint file"),
+    "consolidate: not a ZeRO folder": (["consolidate", "--checkpoint", "{tmp}", "--out", "{tmp}/full.ckpt"],
+                                       "not a DeepSpeed ZeRO checkpoint folder"),
+    "estimate-memory: nothing to size": (["estimate-memory"], "needs --checkpoint, or --net"),
+    "push: bad repo id": (["push", "--release", "{tmp}", "--repo_id", "bad id!"], "is not a valid Hugging Face repo id"),
+    "embed-images: unknown backend": (["embed-images", "--raw_dir", "{tmp}", "--encoder", "clip:ViT-L-14"],
+                                      "unknown image encoder"),
+    # sEEG
+    "seeg prepare: no BIDS root": (["seeg", "prepare", "--bids_root", "/nonexistent/bids", "--out_dir", "{tmp}/prepared"],
+                                   "/nonexistent/bids"),
+    "seeg evaluate: missing checkpoint": (["seeg", "evaluate", "--checkpoint", "{tmp}/none.ckpt", "--data_dir",
+                                           "/nonexistent", "--out_dir", "{tmp}/res"], "fix:"),
+    "seeg fit: an fMRI set": (["fit", "--config", str(REPO / "configs/seeg/vqvae.yaml"), "--data.init_args.data_dir",
+                               "{prepared}"], "not a prepared sEEG dataset"),
+    "seeg fit: impossible mask ratio": (["fit", "--config", str(REPO / "configs/seeg/mae.yaml"), "--data.init_args.data_dir",
+                                         "{seeg}", "--model.init_args.mask_ratio", "1.5",
+                                         "--trainer.default_root_dir", "{tmp}/run"],
+                                        "model.mask_ratio=1.5; fix: a value in (0, 1)"),
+    # VLM
+    "vlm fit: unknown dropping method": (["fit", "--config", str(REPO / "configs/vlm/synthetic_demo.yaml"),
+                                          "--model.init_args.net.dropping.method", "random"], "dropping.method"),
+    "vlm bench: misspelt dropping field": (["vlm", "bench", "--config", str(REPO / "configs/bench/vlm_dropping.yaml"),
+                                            "--mustdrop", '{"merge_treshold": 0.9}', "--out_json", "null"],
+                                           "unknown DroppingConfig field(s) ['merge_treshold']"),
+    "vlm bench-vit: window 1": (["vlm", "bench-vit", "--quick", "true", "--window", "1"], "window=1"),
 }
 
 
-@pytest.mark.parametrize("name", list(BAD))
-def test_a_bad_value_on_each_verb_is_one_line(name, tmp_path, capsys):
-    argv = [a.replace("{tmp}", str(tmp_path)) for a in BAD[name]]
+@pytest.mark.parametrize("name", list(CASES))
+def test_every_bad_input_is_one_line_naming_the_cause_and_the_fix(name, tmp_path, capsys, tiny_prepared, raw_3d,
+                                                                  tiny_seeg_prepared):
+    argv, expected = CASES[name]
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("trainer:\n  max_epoch: 3\n")
+    text = tmp_path / "notes.ckpt"
+    text.write_text("these are my notes, not a checkpoint\n")
+    fill = {"{tmp}": str(tmp_path), "{prepared}": str(tiny_prepared), "{raw3d}": str(raw_3d), "{typo}": str(typo),
+            "{text}": str(text), "{seeg}": str(tiny_seeg_prepared)}
+
+    def sub(a: str) -> str:
+        for k, v in fill.items():
+            a = a.replace(k, v)
+        return a
+
     with pytest.raises(SystemExit) as exc:
-        main(argv)
+        main([sub(a) for a in argv])
     err = [ln for ln in capsys.readouterr().err.strip().splitlines() if not ln.startswith("[20")]  # DeepSpeed's log
     assert exc.value.code == 2
     assert len(err) == 1 and "Traceback" not in err[0], err
-    assert err[0].startswith("litbrain ") and "error:" in err[0], err[0]
-    assert not (tmp_path / "release").exists() and not (tmp_path / "prepared").exists()
+    verb = " ".join(argv[:2]) if argv[0] in ("fmri", "seeg", "vlm") else argv[0]
+    assert err[0].startswith(f"litbrain {verb}: error: "), err[0]
+    assert sub(expected) in err[0] and "fix:" in err[0], err[0]
+    # nothing left behind: no release, no prepared folder, no run folder (not even Lightning's config.yaml)
+    assert not any((tmp_path / d).exists() for d in ("release", "prepared", "run", "res"))
+
+
+def test_a_release_called_with_the_wrong_input_says_what_it_takes(tmp_path):
+    import torch
+
+    from litbrain.nn import BrainDecoder
+    from litbrain.release import load_release, save_release
+
+    folder = save_release(BrainDecoder(subjects={"sub-01": 5}, image_embedding_shape=[3], width=4, n_blocks=1),
+                          tmp_path / "release")
+    model = load_release(folder)
+    with pytest.raises(LitbrainError, match=r"takes \{subject: \(batch, n_voxels\) tensor\}, got a Tensor; fix:"):
+        model(torch.randn(2, 5))
+    with pytest.raises(LitbrainError, match=r"needs a 2-D tensor .*got a 1-D tensor of shape \(5,\); fix: add the batch"):
+        model({"sub-01": torch.randn(5)})
+    with pytest.raises(LitbrainError, match=r"no adapter for subject 'sub-02' \(known: \['sub-01'\]\)"):
+        model({"sub-02": torch.randn(2, 5)})
+
+
+def test_a_killed_writer_leaves_nothing_the_next_run_keeps(tiny_raw, tmp_path):
+    """kill -9 cannot clean up: the next write of the same output removes temporaries of dead processes."""
+    import subprocess
+    import sys
+
+    from litbrain.datamodules import prepare_fmri
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # that process has exited: its pid is a dead writer's
+    out = tmp_path / "prepared"
+    stale = tmp_path / f".prepared.tmp-{pid}-0123abcd"
+    (stale / "sub-01").mkdir(parents=True)
+    (stale / "sub-01" / "train_brain.npy").write_bytes(b"half written")
+    alive = tmp_path / f".prepared.tmp-{os.getpid()}-feedbeef"  # a live writer's work is never touched
+    alive.mkdir()
+    prepare_fmri(tiny_raw, out)
+    assert not stale.exists() and alive.exists() and (out / "manifest.json").is_file()

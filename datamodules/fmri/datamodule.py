@@ -76,7 +76,7 @@ class _SubjectSplit:
         stim = np.load(d / f"{split}_stimulus.npy")
         if len(stim) != len(self.brain):
             raise DataError(f"{d}/{split}_stimulus.npy: {len(stim)} rows but {split}_brain.npy has "
-                            f"{len(self.brain)}; fix: re-run prepare with overwrite=True")
+                            f"{len(self.brain)}; fix: re-run prepare with --overwrite true")
         self.stimulus = stim[:n_keep] if n_keep is not None else stim
         self.n = len(self.stimulus)
 
@@ -161,7 +161,7 @@ class FmriDataModule(MultiSubjectDataModule):
                 if (self.data_dir / s / f"{split}_brain.npy").is_file():
                     continue
                 raise DataError(f"{self.data_dir / s / (split + '_brain.npy')}: missing; fix: re-run prepare "
-                                f"with overwrite=True")
+                                f"with --overwrite true")
         self.subjects: list[str] = subjects
         self.subject_voxels: dict[str, int] = {s: int(self.manifest["subjects"][s]["n_voxels"]) for s in subjects}
         self.image_embedding_shape: tuple[int, ...] = tuple(int(x) for x in self.manifest["image_embedding_shape"])

@@ -40,7 +40,6 @@ Prepared layout::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -57,6 +56,7 @@ from litbrain.utils.io import atomic_dir
 from ..io import (
     NpyRowWriter,
     RowAccumulator,
+    content_fingerprint,
     _fmt_list,
     prepared_is_current,
     read_npy_header,
@@ -193,22 +193,18 @@ def _scan_subject(raw: Path, sid: str) -> _Subject:
 
 
 def _fingerprint(raw: Path, subs: list[_Subject], emb_paths: list[Path], params: dict) -> str:
+    """sha256 over the CONTENT of every input file (streamed) and the parameters: a re-copy of the same data
+    is "already prepared", one changed byte is not."""
     files = [raw / "stimuli.tsv", *emb_paths]
     for s in subs:
         files += [s.mask_path, s.trials_path, *[s.sessions[k] for k in sorted(s.sessions)]]
-    entries = []
+    named = []
     for p in files:
         try:
-            name = str(p.relative_to(raw))
+            named.append((str(p.relative_to(raw)), p))
         except ValueError:  # e.g. embeddings given as an absolute path elsewhere
-            name = str(p.resolve())
-        try:
-            st = p.stat()
-            entries.append([name, st.st_size, st.st_mtime_ns])
-        except FileNotFoundError:
-            entries.append([name, None, None])
-    blob = json.dumps({"format_version": FORMAT_VERSION, "files": entries, "params": params}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+            named.append((str(p.resolve()), p))
+    return content_fingerprint(named, {"format_version": FORMAT_VERSION, **params})
 
 
 def _validate_subject(raw: Path, s: _Subject, stim_index: dict[str, int]) -> None:
@@ -261,16 +257,16 @@ def _validate_subject(raw: Path, s: _Subject, stim_index: dict[str, int]) -> Non
         rel = f"{sid}/{p.name}"
         img = _load_nifti(p, rel)
         shape = img.shape
-        if len(shape) not in (3, 4):
-            raise DataError(f"{rel}: betas must be 4D (X,Y,Z,trials) or 3D (one trial), got shape {shape}; "
-                            f"fix: save one 4D file per session")
+        if len(shape) != 4:
+            raise DataError(f"{rel}: betas must be 4D (X,Y,Z,trials), got a {len(shape)}D image of shape {shape}; "
+                            f"fix: save one 4D file per session (a session of one trial as shape (X,Y,Z,1))")
         if tuple(shape[:3]) != mask.shape:
             raise DataError(f"{rel}: volume shape {tuple(shape[:3])} does not match {mrel} shape {mask.shape}; "
                             f"fix: resample the mask to the betas grid (same shape and affine)")
         if not np.allclose(img.affine, s.affine, atol=1e-3, rtol=1e-4):
             raise DataError(f"{rel}: affine differs from {mrel} (betas {np.round(img.affine, 3).tolist()} vs mask "
                             f"{np.round(s.affine, 3).tolist()}); fix: resample the mask to the betas grid")
-        n_vols = shape[3] if len(shape) == 4 else 1
+        n_vols = shape[3]
         trial_max = int(t.loc[t["session"] == sess, "trial"].max())
         if trial_max > n_vols:
             raise DataError(f"{trel}: session {sess} lists trial {trial_max} but {rel} has only {n_vols} volume(s); "

@@ -306,7 +306,7 @@ def synthesize_fmri(
             existing = None
         if existing == params:
             return out
-        raise DataError(f"{out}: already exists with other parameters; fix: pass overwrite=True or choose another directory")
+        raise DataError(f"{out}: already exists with other parameters; fix: pass --overwrite true (overwrite=True in Python) or choose another directory")
     if n_subjects < 1 or n_stimuli < 1 or latent_dim < 1 or repeats < 1 or train_repeats < 1:
         raise DataError("synthesize_fmri: n_subjects, n_stimuli, latent_dim, repeats and train_repeats must be >= 1; "
                         "fix: pass positive values")

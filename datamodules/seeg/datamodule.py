@@ -67,7 +67,7 @@ class _SeegSplit:
         self.label = np.load(d / f"{split}_label.npy") if labels is None else labels
         if len(self.label) != len(self.brain):
             raise DataError(f"{d}/{split}_label.npy: {len(self.label)} rows but {split}_brain.npy has "
-                            f"{len(self.brain)}; fix: re-run prepare_seeg with overwrite=True")
+                            f"{len(self.brain)}; fix: re-run prepare_seeg with --overwrite true")
         self.n = len(self.label)
 
 

@@ -37,7 +37,6 @@ Prepared layout::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -51,7 +50,13 @@ import numpy as np
 from litbrain.errors import DataError
 from litbrain.utils.io import atomic_dir
 
-from ..io import NpyRowWriter, _fmt_list, prepared_is_current, read_tsv
+from ..io import (
+    NpyRowWriter,
+    _fmt_list,
+    content_fingerprint,
+    prepared_is_current,
+    read_tsv,
+)
 
 __all__ = ["prepare_seeg", "read_seeg_file", "list_bids_subjects", "SEEG_FORMAT_VERSION"]
 
@@ -326,14 +331,13 @@ def _assign_splits(plan: _Plan, split: tuple[float, float, float], seed: int) ->
 
 
 def _fingerprint(root: Path, plans: list[_Plan], extra: list[Path], params: dict) -> str:
-    entries = []
+    """sha256 over the content of every file of the runs read (streamed) and the parameters."""
+    named = []
     for p in plans:
         files = sorted({f for r in p.runs for f in Path(r.bids_path.fpath).parent.iterdir() if f.is_file()})
-        for f in files + extra:
-            st = f.stat()
-            entries.append([str(f), st.st_size, st.st_mtime_ns])
-    blob = json.dumps({"format_version": SEEG_FORMAT_VERSION, "files": entries, "params": params}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+        named += [(str(f.relative_to(root)) if f.is_relative_to(root) else str(f), f) for f in files]
+    named += [(str(f), f) for f in extra]
+    return content_fingerprint(named, {"format_version": SEEG_FORMAT_VERSION, **params})
 
 
 # ----------------------------------------------------------------------------- per run

@@ -279,7 +279,7 @@ def synthesize_seeg(
             existing = None
         if existing == params:
             return out
-        raise DataError(f"{out}: already exists with other parameters; fix: pass overwrite=True or choose "
+        raise DataError(f"{out}: already exists with other parameters; fix: pass --overwrite true (overwrite=True in Python) or choose "
                         f"another directory")
     if min(n_subjects, n_words, trials_per_word, runs, latent_dim, n_basis, oracle_trials) < 1:
         raise DataError("synthesize_seeg: n_subjects, n_words, trials_per_word, runs, latent_dim, n_basis and "

@@ -15,7 +15,12 @@
   rank at a different point (its ``save_checkpoint`` barrier can then pair with a gradient
   all-reduce). Nothing is re-implemented: the same Lightning function runs, only later.
 
-Both are stateless (nothing is added to checkpoints) and cheap: one ``manual_seed`` per step,
+* :class:`ProgressLines` prints one line per epoch (and every ``every_s`` seconds inside long
+  epochs): where training is, the elapsed time, an ETA and the latest monitored figures. It speaks
+  only when Lightning's own progress bar is off (logs, ``make`` targets, batch jobs), so a run is
+  never silent and never prints two progress displays.
+
+They are stateless (nothing is added to checkpoints) and cheap: one ``manual_seed`` per step,
 and under SLURM+DDP one 1-element all-reduce per step.
 
 Add them to a run with ``--trainer.callbacks+=litbrain.callbacks.BatchSeed`` (the sbatch
@@ -27,7 +32,9 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sys
 import threading
+import time
 from typing import Any
 
 import lightning.pytorch as pl
@@ -35,7 +42,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-__all__ = ["BatchSeed", "SlurmRequeueAtStepBoundary", "batch_seed"]
+__all__ = ["BatchSeed", "ProgressLines", "SlurmRequeueAtStepBoundary", "batch_seed"]
 
 
 def batch_seed(seed: int, epoch: int, global_batch: int) -> int:
@@ -124,3 +131,72 @@ class SlurmRequeueAtStepBoundary(Callback):
             if signal.getsignal(self._installed) == self._handler:
                 signal.signal(self._installed, self._previous if self._previous is not None else signal.SIG_DFL)
         self._installed = None
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+class ProgressLines(Callback):
+    """One line per epoch (and every ``every_s`` seconds within an epoch) with an ETA, when the bar is off.
+
+    Args:
+        every_s: seconds between lines inside an epoch (long epochs, ``max_steps`` runs).
+        stream: where the lines go (default: stderr, beside Lightning's own messages).
+    """
+
+    def __init__(self, every_s: float = 30.0, stream: Any = None) -> None:
+        self.every_s = float(every_s)
+        self.stream = stream
+        self._t0 = self._last = 0.0
+        self._total = 0
+
+    def _active(self, trainer: pl.Trainer) -> bool:
+        return trainer.is_global_zero and trainer.progress_bar_callback is None and not trainer.sanity_checking
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream or sys.stderr, flush=True)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._t0 = self._last = time.monotonic()
+        self._start_step = int(trainer.global_step)
+        total = trainer.estimated_stepping_batches
+        self._total = int(total) if total not in (None, float("inf")) else 0
+
+    def _where(self, trainer: pl.Trainer) -> str:
+        step, elapsed = int(trainer.global_step), time.monotonic() - self._t0
+        done = step - self._start_step
+        parts = [f"step {step}" + (f"/{self._total}" if self._total else "")]
+        if trainer.max_epochs and trainer.max_epochs > 0:
+            parts.insert(0, f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+        parts.append(f"{_duration(elapsed)} elapsed")
+        if self._total and done > 0:
+            parts.append(f"ETA {_duration(elapsed / done * max(self._total - step, 0))}")
+        return " | ".join(parts)
+
+    @staticmethod
+    def _figures(trainer: pl.Trainer) -> str:
+        shown = []
+        for k, v in trainer.callback_metrics.items():
+            if k.count("/") != 1 or not k.startswith(("train/", "val/")):  # means only, not per subject
+                continue
+            try:
+                shown.append(f"{k} {float(v):.4g}")
+            except (TypeError, ValueError):
+                continue
+        return " | ".join(shown[:6])
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._active(trainer) and time.monotonic() - self._last >= self.every_s:
+            self._last = time.monotonic()
+            self._print(f"[litbrain] {self._where(trainer)}")
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._active(trainer):
+            self._last = time.monotonic()
+            figures = self._figures(trainer)
+            self._print(f"[litbrain] {self._where(trainer)}" + (f" | {figures}" if figures else ""))

@@ -133,7 +133,7 @@ def test_datamodule_missing_or_unprepared_dir(tmp_path):
     with pytest.raises(DataError, match=r"prepared fMRI dataset folder not found; fix: run `litbrain fmri prepare`"):
         FmriDataModule(str(tmp_path / "nope"))
     (tmp_path / "raw_only").mkdir()
-    with pytest.raises(DataError, match=r"manifest\.json: not found.*not a prepared dataset; fix:"):
+    with pytest.raises(DataError, match=r"manifest\.json: not found.*not a prepared fMRI dataset; fix:"):
         FmriDataModule(str(tmp_path / "raw_only"))
 
 

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -146,11 +147,23 @@ def test_idempotent_and_fingerprint(tmp_path, rng):
     mtimes = {p: p.stat().st_mtime_ns for p in files}
     assert prepare_fmri(raw, tmp_path / "prep", val_fraction=0.25) == out
     assert {p: p.stat().st_mtime_ns for p in files} == mtimes  # nothing rewritten
-    with pytest.raises(DataError, match="other inputs or parameters.*overwrite=True"):
+    with pytest.raises(DataError, match="other inputs or parameters.*--overwrite true"):
         prepare_fmri(raw, tmp_path / "prep", val_fraction=0.5)
     assert {p: p.stat().st_mtime_ns for p in files} == mtimes
-    # an input change (mtime/size) also changes the fingerprint
-    os.utime(raw / "sub-01" / "trials.tsv", ns=(1, 1))
+    # the fingerprint is the inputs' content: a re-copy (new mtimes, same bytes) is already prepared ...
+    copy = Path(shutil.copytree(raw, tmp_path / "copy"))
+    os.utime(copy / "sub-01" / "trials.tsv", ns=(1, 1))
+    shutil.rmtree(raw)
+    copy.rename(raw)
+    assert prepare_fmri(raw, tmp_path / "prep", val_fraction=0.25) == out
+    assert {p: p.stat().st_mtime_ns for p in files} == mtimes
+    # ... and one changed byte of a betas file (same size, same mtime) is not
+    betas = next((raw / "sub-01").glob("betas_session*.nii*"))
+    st = betas.stat()
+    data = bytearray(betas.read_bytes())
+    data[-5] ^= 0x01
+    betas.write_bytes(bytes(data))
+    os.utime(betas, ns=(st.st_atime_ns, st.st_mtime_ns))
     with pytest.raises(DataError, match="other inputs or parameters"):
         prepare_fmri(raw, tmp_path / "prep", val_fraction=0.25)
     prepare_fmri(raw, tmp_path / "prep", val_fraction=0.5, overwrite=True)

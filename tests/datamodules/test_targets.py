@@ -221,7 +221,7 @@ def test_existing_output_from_other_parameters(raw, configs):
     embed_images(raw, output="pooled", **_clip(configs))
     before = (raw / "embeddings/image.npz").read_bytes()
     with pytest.raises(DataError, match=r"image\.npz: was computed from other inputs or parameters; "
-                                        r"fix: pass overwrite"):
+                                        r"fix: pass --overwrite true"):
         embed_images(raw, output="tokens", **_clip(configs))
     assert (raw / "embeddings/image.npz").read_bytes() == before
     assert _load(embed_images(raw, output="tokens", overwrite=True, **_clip(configs)))[1].ndim == 3

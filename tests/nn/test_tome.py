@@ -107,3 +107,58 @@ def test_schedule_rejects_unreachable_budget_and_ambiguous_arguments():
         tome_schedule(17, 1, keep=1)
     with pytest.raises(ValueError, match="exactly one"):
         tome_schedule(17, 4, keep=4, r=2)
+
+
+def _prefixed_vits():
+    from timm.models.deit import VisionTransformerDistilled
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    kw = dict(img_size=36, patch_size=4, embed_dim=32, depth=4, num_heads=2)
+    return {"4 registers": VisionTransformer(reg_tokens=4, class_token=True, **kw).eval(),
+            "distilled DeiT": VisionTransformerDistilled(**kw).eval()}
+
+
+@pytest.mark.parametrize("name", ["4 registers", "distilled DeiT"])
+def test_every_prefix_token_stays_in_front_and_unmerged_through_all_layers(name, monkeypatch):
+    """Several layers of ToMe on a ViT with more than one prefix token (CLS + 4 registers: 5; CLS +
+    distillation token: 2): at every merge each prefix token i ends up alone at position i."""
+    import litbrain.nn.vision_reduction as vr
+
+    vit = _prefixed_vits()[name]
+    P = vit.num_prefix_tokens
+    seen = []
+    real = vr.bipartite_soft_matching
+
+    def spy(metric, r, **kw):
+        merge, unmerge = real(metric, r, **kw)
+        B, N, _ = metric.shape
+        for i in range(P):  # where does prefix token i go, and does anything join it?
+            onehot = torch.zeros(B, N)
+            onehot[:, i] = 1.0
+            seen.append((merge(onehot).clone(), i, N - r, kw.get("num_protected")))
+        return merge, unmerge
+
+    monkeypatch.setattr(vr, "bipartite_soft_matching", spy)
+    out = vr.VisionTokenReducer(vit, method="tome", keep=20)(torch.randn(2, 3, 36, 36))
+    layers = {n for _, _, n, _ in seen}
+    assert len(layers) >= 3  # merges happened in several layers
+    for merged, i, n_out, protected in seen:
+        assert protected == P and merged.shape[1] == n_out
+        want = torch.zeros_like(merged)
+        want[:, i] = 1.0
+        assert torch.equal(merged, want), (name, i, n_out)
+    assert out.tokens.shape[1] == 20 and torch.equal(out.size.sum(1), torch.full((2,), 81.0))
+
+
+@pytest.mark.parametrize("name", ["4 registers", "distilled DeiT"])
+def test_mustdrop_merges_patches_only_and_keeps_the_prefix_tokens_in_front(name, monkeypatch):
+    import litbrain.nn.vision_reduction as vr
+
+    vit = _prefixed_vits()[name]
+    got = []
+    real = vr.window_merge
+    monkeypatch.setattr(vr, "window_merge", lambda x, *a, **kw: (got.append(x.shape[1]), real(x, *a, **kw))[1])
+    out = vr.VisionTokenReducer(vit, method="mustdrop", keep=20)(torch.randn(2, 3, 36, 36))
+    assert got == [81]  # the window merge saw the 81 patches, none of the prefix tokens
+    assert torch.equal(out.size.sum(1), torch.full((2,), 81.0)) and int(out.mask.sum(1).max()) <= 20

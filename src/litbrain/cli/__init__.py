@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
 
     errors.CONFIG_FILES[:] = errors.config_files(rest)
     prog = f"litbrain {name}"
+    errors.PROG[0] = prog
     try:
         if verb.target == "lightning":
             run_training_verb([name, *rest])

@@ -25,9 +25,25 @@ _KEY_PATTERNS = (
     re.compile(r"Key '([^']+)' is not expected"),
     re.compile(r"Key \"([^\"]+)\" is not expected"),
     re.compile(r"unrecognized arguments?: (.+)"),
+    re.compile(r"does not accept option '([^']+)'"),
 )
 
+
+def _close_trainer_key(key: str) -> str:
+    """`` (did you mean 'max_epochs'?)`` for a misspelt trainer key."""
+    if not key.lstrip("-").startswith("trainer."):
+        return ""
+    import difflib
+    import inspect
+
+    from lightning.pytorch import Trainer
+
+    name = key.lstrip("-").split(".", 1)[1]
+    near = difflib.get_close_matches(name, list(inspect.signature(Trainer).parameters), n=1)
+    return f" (did you mean 'trainer.{near[0]}'?)" if near else ""
+
 CONFIG_FILES: list[str] = []  # set by litbrain.cli.main so errors can name the file
+PROG: list[str] = ["litbrain"]  # "litbrain <verb>", set by litbrain.cli.main: one prefix for every error line
 
 
 def config_files(args: list[str]) -> list[str]:
@@ -45,22 +61,47 @@ def where() -> str:
     return ", ".join(CONFIG_FILES) or "the command line"
 
 
+_TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+               "NoneType": "null", "dict": "a mapping", "list": "a list"}
+
+
+def _bad_value(message: str) -> str | None:
+    """``key: 'value' is not <types> (in <files>); fix: ...`` for a jsonargparse type error, else None."""
+    key = re.search(r'Parser key "([^"]+)"', message)
+    value = re.search(r"(?:Given value|Got value): (.*)", message)
+    types = list(dict.fromkeys(re.findall(r"Expected an? <class '(\w+)'>", message)))
+    if not key or not value or not types:
+        return None
+    wanted = " or ".join(_TYPE_NAMES.get(t, t) for t in types)
+    at = f" (in {', '.join(CONFIG_FILES)} or the command line)" if CONFIG_FILES else ""
+    return (f"{key.group(1)}: {value.group(1).strip()!r} is not {wanted}{at}; fix: give {_TYPE_NAMES.get(types[0], types[0])} "
+            f"(`--help` lists every key with its type)")
+
+
 def concise_message(message: str) -> str:
-    """The line of a jsonargparse error that names the bad key, with its context."""
+    """One line of a jsonargparse error: the bad key or value, the parser's reason, where, and the fix."""
     lines = [ln.strip(" -") for ln in str(message).splitlines() if ln.strip(" -")]
+    bad = _bad_value(str(message))
+    if bad:
+        return bad
     context = next((ln for ln in lines if ln.startswith("Problem with given class_path")), "")
     for ln in lines:
         for pat in _KEY_PATTERNS:
             m = pat.search(ln)
             if m:
+                key = m.group(1).split()[0]
                 at = f" ({context.rstrip(':')})" if context else ""
                 if CONFIG_FILES:
                     at += f" in {', '.join(CONFIG_FILES)} or the command line"
                 return (
-                    f"unknown key {m.group(1)!r}{at}; fix: correct or remove it "
+                    f"unknown key {key!r}{at}; fix: correct or remove it{_close_trainer_key(key)} "
                     f"(`--help` lists the accepted keys, `--print_config` shows a valid config)"
                 )
-    return lines[0] if lines else "invalid arguments"
+    # Otherwise keep the parser's reason: its first lines joined, where the first alone says little.
+    text = "; ".join(lines[:3]) if lines and lines[0].endswith(":") else (lines[0] if lines else "invalid arguments")
+    if "fix:" not in text:
+        text += "; fix: correct the value (`--help` lists the accepted keys and types)"
+    return text
 
 
 def fail(prog: str, message: str) -> NoReturn:
@@ -72,7 +113,7 @@ class ConciseErrors:
     """Mixin for jsonargparse parsers: errors in one line (see :func:`concise_message`)."""
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:  # type: ignore[override]
-        fail(getattr(self, "prog", "litbrain") or "litbrain", concise_message(message))
+        fail(PROG[0], concise_message(message))
 
 
 class ConciseArgumentParser(ConciseErrors, ArgumentParser):
@@ -93,6 +134,7 @@ def run_with_default_config(fn: Callable[..., Any], argv: list[str] | None, defa
     if not config_files(args) and not any(a in ("-h", "--help") for a in args) and Path(default_config).is_file():
         args = ["--config", str(default_config), *args]
     CONFIG_FILES[:] = config_files(args)
+    PROG[0] = prog
     try:
         return auto_cli(fn, args=args, as_positional=False, parser_class=ConciseArgumentParser, prog=prog)
     except LitbrainError as err:  # bad input: one line naming the file/field and the fix, no traceback

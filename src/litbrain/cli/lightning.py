@@ -12,25 +12,47 @@ CSV logs in ``<root>/logs/version_0`` (with the run's ``config.yaml``) and check
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 import litbrain.datamodules.fmri.datamodule  # noqa: F401  (registers the DataModules' short names)
 import litbrain.datamodules.seeg.datamodule  # noqa: F401
 import litbrain.datamodules.vqa.datamodule  # noqa: F401
 import litbrain.tasks  # noqa: F401  (registers the tasks' short names: class_path: FmriDecodingTask)
-from litbrain.callbacks import BatchSeed, SlurmRequeueAtStepBoundary
+from litbrain.callbacks import BatchSeed, ProgressLines, SlurmRequeueAtStepBoundary
 from litbrain.cli.errors import ConciseErrors, where
-from litbrain.errors import ConfigError, HardwareError, LitbrainError
+from litbrain.errors import ConfigError, HardwareError, LitbrainError, ReleaseError
 
 __all__ = ["LitbrainCLI", "check_strategy_hardware", "run_outputs"]
 
 
 class ConciseLightningArgumentParser(ConciseErrors, LightningArgumentParser):
     pass
+
+
+def _drop_litlogger_tip(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_known_noise() -> None:
+    """Silence the known lines that say nothing about the run, each at its source (not all warnings).
+
+    Lightning's advert for its cloud logger on every fit; its warning that ``srun`` exists when a
+    machine merely has SLURM installed (the sbatch templates use srun; a local fit is meant);
+    its own use of a torch pytree API that torch has deprecated. Any other warning still shows.
+    """
+    import lightning_utilities.core.rank_zero as rank_zero
+
+    if _drop_litlogger_tip not in rank_zero.log.filters:
+        rank_zero.log.addFilter(_drop_litlogger_tip)
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def run_outputs(root: str | Path, monitor: tuple[str, str] | None) -> tuple[Any, ModelCheckpoint]:
@@ -51,6 +73,7 @@ def run_outputs(root: str | Path, monitor: tuple[str, str] | None) -> tuple[Any,
 
 class LitbrainCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        quiet_known_noise()
         super().__init__(
             model_class=None,
             datamodule_class=None,
@@ -61,10 +84,29 @@ class LitbrainCLI(LightningCLI):
             run=run,
             auto_configure_optimizers=False,
             parser_class=ConciseLightningArgumentParser,
+            # a misspelt key (max_epoch) is an error, never a silent abbreviation of another one
+            parser_kwargs={"allow_abbrev": False},
             # Appended to the config's callbacks on every run: exact resume by default, and a
             # SLURM preemption checkpoint taken at a step boundary (inactive outside SLURM).
-            trainer_defaults={"callbacks": [BatchSeed(), SlurmRequeueAtStepBoundary()]},
+            # A line per epoch with an ETA whenever Lightning's bar is off (logs, make targets, jobs).
+            trainer_defaults={"callbacks": [BatchSeed(), SlurmRequeueAtStepBoundary(), ProgressLines()]},
         )
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads --ckpt_path's hyper-parameters right after parsing: check the file first.
+        config = self.config.get(self.config.get("subcommand"), self.config) if self.config.get("subcommand") else self.config
+        check_ckpt_path(config.get("ckpt_path") if hasattr(config, "get") else None)
+        super()._parse_ckpt_path()
+
+    def _set_seed(self) -> None:
+        # Lightning's seeding, without its "Seed set to N" line (the seed is in the run's config.yaml).
+        from lightning.fabric.utilities.seed import seed_everything
+
+        config_seed = self._get(self.config, "seed_everything")
+        if config_seed is False:
+            return
+        config_seed = seed_everything(None if config_seed is True else config_seed, workers=True, verbose=False)
+        (self.config[self.subcommand] if self.subcommand else self.config)["seed_everything"] = config_seed
 
     def instantiate_classes(self) -> None:
         # A LitbrainError raised while the config's classes are built (a DataModule that finds no
@@ -78,7 +120,24 @@ class LitbrainCLI(LightningCLI):
             raise _litbrain_cause(err) or err
 
     def before_instantiate_classes(self) -> None:
-        check_strategy_hardware(self.config.get(self.subcommand, self.config) if self.subcommand else self.config)
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        check_strategy_hardware(config)
+        check_ckpt_path(config.get("ckpt_path") if hasattr(config, "get") else None)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        # A run that fails leaves nothing it created behind (the config.yaml Lightning writes at the
+        # start, empty checkpoint folders), so a corrected re-run starts as if the first never happened.
+        root = self._get(self.config_init, "trainer", default={}).get("default_root_dir")
+        root = Path(root) if root else None
+        before = _entries(root)
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException as err:
+            if root is not None:
+                _remove_new(root, before)
+            if isinstance(err, MisconfigurationException):
+                raise ConfigError(f"{err} (from {where()}); fix: correct that trainer or model setting") from None
+            raise
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         trainer = dict(self._get(self.config_init, "trainer", default={}))
@@ -93,7 +152,45 @@ class LitbrainCLI(LightningCLI):
             if trainer.get("enable_checkpointing", True) is not False and not any(
                     isinstance(c, ModelCheckpoint) for c in callbacks):
                 kwargs.setdefault("callbacks", [*callbacks, ckpt])
-        return super().instantiate_trainer(**kwargs)
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as err:  # e.g. max_epochs -5: Lightning's own check, one line here
+            raise ConfigError(f"trainer: {err} (from {where()}); fix: correct that trainer setting") from None
+
+
+def _entries(root: Path | None) -> set[Path] | None:
+    """What exists under a run folder now (None: the folder itself does not exist)."""
+    if root is None or not root.exists():
+        return None
+    return {p for p in root.rglob("*")}
+
+
+def _remove_new(root: Path, before: set[Path] | None) -> None:
+    import shutil
+
+    if before is None:
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    for p in sorted((set(root.rglob("*")) - before), key=lambda q: len(q.parts), reverse=True):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def check_ckpt_path(ckpt_path: Any) -> None:
+    """``--ckpt_path``: a named checkpoint (last, best, hpc, registry) or an intact file / ZeRO folder."""
+    if ckpt_path is None or str(ckpt_path) in ("last", "best", "hpc", "registry") or str(ckpt_path).startswith("registry:"):
+        return
+    from litbrain.utils.checkpoint import is_zero_checkpoint, verify_zip
+
+    path = Path(str(ckpt_path))
+    if path.is_dir() and is_zero_checkpoint(path):
+        return
+    if not path.is_file():
+        raise ReleaseError(f"ckpt_path={path}: no such checkpoint file (from {where()}); fix: pass a .ckpt written by "
+                           f"`litbrain fit` (e.g. <default_root_dir>/checkpoints/last.ckpt) or `--ckpt_path last`")
+    verify_zip(path, "checkpoint")
 
 
 def _litbrain_cause(err: BaseException) -> LitbrainError | None:

@@ -47,40 +47,70 @@ def _decode(model, subject: str, brain: torch.Tensor, batch_size: int = 1024) ->
     return torch.cat(outs)
 
 
-def _write_figure(path: Path, sim: torch.Tensor, stimulus_ids: list[str], images: dict[str, Path], n_show: int = 40) -> None:
+def _examples(sim: torch.Tensor, pool: int, n_right: int, n_wrong: int, seed: int) -> list[tuple[int, list[int]]]:
+    """(query, its top-3 among a random pool that holds it) for some correct and some failed queries."""
+    g = torch.Generator().manual_seed(seed)
+    n = sim.shape[0]
+    right, wrong = [], []
+    for q in torch.randperm(n, generator=g).tolist():
+        others = [i for i in torch.randperm(n, generator=g).tolist() if i != q][: max(pool - 1, 1)]
+        cand = torch.tensor([q, *others])
+        top = cand[sim[q, cand].argsort(descending=True)[:3]].tolist()
+        (right if top[0] == q else wrong).append((q, top))
+        if len(right) >= n_right and len(wrong) >= n_wrong:
+            break
+    picked = right[:n_right] + wrong[:n_wrong]
+    return picked + (right + wrong)[len(picked):][: max(0, n_right + n_wrong - len(picked))]
+
+
+def _write_figure(path: Path, rows: list[dict[str, Any]], examples: dict[str, tuple[torch.Tensor, list[str]]],
+                  images: dict[str, Path], pool: int, seed: int) -> None:
+    """A bar panel (decoder / ridge / oracle / chance, both directions) and, per subject, retrieval
+    examples among ``pool`` candidates: two hits and two misses (seen image, then the top 3)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = min(n_show, sim.shape[0])
-    n_queries, k = min(5, n), 4
-    fig = plt.figure(figsize=(12, 6))
-    ax = fig.add_axes([0.04, 0.1, 0.42, 0.8])
-    im = ax.imshow(sim[:n, :n].numpy(), cmap="viridis")
-    ax.set_title(f"cosine(brain_i, image_j), first {n} test stimuli")
-    ax.set_xlabel("image j")
-    ax.set_ylabel("brain i")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    ranked = sim[:n_queries].argsort(dim=1, descending=True)[:, :k]
-    for q in range(n_queries):
-        cells = [q] + ranked[q].tolist()
-        for c, idx in enumerate(cells):
-            a = fig.add_axes([0.52 + c * 0.095, 0.78 - q * 0.17, 0.085, 0.15])
-            a.set_xticks([])
-            a.set_yticks([])
-            sid = stimulus_ids[idx]
-            if sid in images and images[sid].is_file():
-                a.imshow(plt.imread(images[sid]))
-            else:
-                a.text(0.5, 0.5, sid, ha="center", va="center", fontsize=7)
-            colour = "black" if c == 0 else ("green" if idx == q else "red")
-            for spine in a.spines.values():
-                spine.set_edgecolor(colour)
-                spine.set_linewidth(2)
-            if q == 0:
-                a.set_title("seen" if c == 0 else f"top-{c}", fontsize=8)
-    fig.suptitle("brain -> image retrieval (green: correct)")
+    subjects = list(examples)
+    n_rows = max(1, len(subjects))
+    fig = plt.figure(figsize=(15, 1.6 + 1.9 * n_rows))
+    ax = fig.add_axes([0.05, 0.12, 0.25, 0.74])
+    methods = [r["method"] for r in rows]
+    x = np.arange(len(methods))
+    for j, (key, label) in enumerate((("brain_to_image", "brain -> image"), ("image_to_brain", "image -> brain"))):
+        vals = [100 * r[key] for r in rows]
+        bars = ax.bar(x + (j - 0.5) * 0.38, vals, 0.38, label=label)
+        for bar, v in zip(bars, vals):
+            ax.text(bar.get_x() + bar.get_width() / 2, v + 1, f"{v:.0f}", ha="center", fontsize=7)
+    ax.set_xticks(x, methods, fontsize=8)
+    ax.set_ylim(0, 110)
+    ax.set_ylabel(f"top-1 among {pool} (%), mean over subjects")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title("retrieval", fontsize=10)
+    width, height = 0.075, 0.8 / n_rows * 0.8
+    for r, subject in enumerate(subjects):
+        sim, ids = examples[subject]
+        y = 0.86 - (r + 1) * (0.8 / n_rows) + 0.02
+        fig.text(0.345, y + height / 2, subject, rotation=90, va="center", fontsize=9)
+        for e, (q, top) in enumerate(_examples(sim, pool, 2, 2, seed + r)):
+            for c, idx in enumerate([q, *top]):
+                a = fig.add_axes([0.36 + e * 0.16 + c * (width * 0.5), y, width * 0.48, height])
+                a.set_xticks([])
+                a.set_yticks([])
+                sid = ids[idx]
+                if sid in images and images[sid].is_file():
+                    a.imshow(plt.imread(images[sid]))
+                else:
+                    a.text(0.5, 0.5, sid, ha="center", va="center", fontsize=6)
+                colour = "black" if c == 0 else ("green" if idx == q else "red")
+                for spine in a.spines.values():
+                    spine.set_edgecolor(colour)
+                    spine.set_linewidth(2 if c else 1)
+                if r == 0:
+                    a.set_title("seen" if c == 0 else f"top-{c}", fontsize=7)
+    fig.suptitle(f"brain -> image retrieval per subject: two hits and two misses among {pool} "
+                 f"(green: the seen image, red: another)", fontsize=10, y=0.97)
     fig.savefig(path, dpi=80, format="png")
     plt.close(fig)
 
@@ -151,8 +181,7 @@ def evaluate_decoder(
         oracle_fn = synthetic_oracle
 
     per_subject: dict[str, dict[str, dict[str, float]]] = {}
-    first_sim = None
-    first_ids: list[str] = []
+    examples: dict[str, tuple[torch.Tensor, list[str]]] = {}
     for s in chosen:
         brain, stim = _load_split(data, s, split)
         target = targets[stim]
@@ -174,9 +203,7 @@ def evaluate_decoder(
         chance = res["decoder"]["chance"]
         res["chance"] = {"brain_to_image": chance, "image_to_brain": chance, "two_way_identification": 0.5}
         per_subject[s] = res
-        if first_sim is None:
-            first_sim = similarity_matrix(pred, target)
-            first_ids = [stimulus_ids[i] for i in stim]
+        examples[s] = (similarity_matrix(pred, target), [stimulus_ids[i] for i in stim])
 
     methods = list(next(iter(per_subject.values())).keys())
     rows = []
@@ -203,7 +230,7 @@ def evaluate_decoder(
             for r in csv.DictReader(f, delimiter="\t"):
                 images[r["stimulus_id"]] = Path(raw_dir) / r["image"]
     with atomic_file(out / "retrieval.png") as fig_tmp:
-        _write_figure(fig_tmp, first_sim, first_ids, images)
+        _write_figure(fig_tmp, rows, examples, images, retrieval_pool, seed)
 
     print(f"\n{split} split, subjects {', '.join(chosen)}: top-1 among {retrieval_pool} x {retrieval_draws} draws")
     print(format_table(rows))

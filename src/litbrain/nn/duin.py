@@ -30,7 +30,7 @@ from torch import nn
 
 from litbrain.errors import ConfigError
 from litbrain.nn.registry import ModelCard, ModelConfig
-from litbrain.nn.subject_adapter import SubjectAdapter
+from litbrain.nn.subject_adapter import SubjectAdapter, check_subject_batch
 from litbrain.nn.vector_quantizer import VectorQuantizer
 
 Stage = Literal["vqvae", "mae", "classify"]
@@ -220,6 +220,7 @@ class DuinEncoder(nn.Module):
 
     def subject_signals(self, brain: dict[str, torch.Tensor]) -> torch.Tensor:
         """``{s: (b_s, C_s, T)}`` -> (B, T, d_subject), groups concatenated in dict order."""
+        check_subject_batch(brain, 3, "(batch, channels, samples)", self.subject_layer.in_features, "DuinModel")
         return torch.cat([self.subject_layer(x.transpose(1, 2), s) for s, x in brain.items()], 0)
 
     def tokens(self, brain: dict[str, torch.Tensor]) -> torch.Tensor:

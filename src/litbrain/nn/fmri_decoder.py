@@ -11,7 +11,7 @@ from torch import nn
 from litbrain.errors import ConfigError
 from litbrain.nn.blocks import ContrastiveProjector, EmbeddingHead, ResidualMLPBackbone
 from litbrain.nn.registry import ModelCard, ModelConfig
-from litbrain.nn.subject_adapter import AdapterKind, SubjectAdapter
+from litbrain.nn.subject_adapter import AdapterKind, SubjectAdapter, check_subject_batch
 
 __all__ = ["BrainDecoder", "BrainDecoderConfig"]
 
@@ -128,6 +128,7 @@ class BrainDecoder(nn.Module):
         Returns ``image_embedding`` (B, *shape) for regression/retrieval, ``image_projection``
         (the projector's output, for the contrastive loss) and ``text_embedding`` when present.
         """
+        check_subject_batch(brain, 2, "(batch, n_voxels)", self.adapter.in_features, "BrainDecoder")
         h = self.backbone(self.adapter.forward_groups(brain))
         image = self.image_head(h)
         out = {"image_embedding": image}

@@ -131,6 +131,26 @@ class SubjectAdapter(nn.Module):
         return torch.cat([self(x, s) for s, x in groups.items()], dim=0)
 
 
+def check_subject_batch(brain: object, ndim: int, shape: str, subjects: dict[str, int], model: str) -> None:
+    """Refuse anything but ``{subject: tensor of ndim dims}`` for known subjects, in one clear line.
+
+    ``shape`` names the expected per-subject layout, e.g. ``"(batch, n_voxels)"``.
+    """
+    example = next(iter(subjects), "sub-01")
+    if not isinstance(brain, dict):
+        raise ConfigError(f"{model} takes {{subject: {shape} tensor}}, got a {type(brain).__name__}; fix: call "
+                          f"model({{{example!r}: x}}) with a subject of model.subjects ({list(subjects)[:8]})")
+    for s, x in brain.items():
+        if s not in subjects:
+            raise SubjectMismatchError(f"{model}: no adapter for subject {s!r} (known: {list(subjects)[:8]}); fix: use "
+                                       f"one of model.subjects, or fine-tune an adapter for {s!r} (init_from)")
+        if not isinstance(x, torch.Tensor) or x.ndim != ndim:
+            got = f"a {x.ndim}-D tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+            hint = "; fix: add the batch axis, x[None]" if isinstance(x, torch.Tensor) and x.ndim == ndim - 1 else \
+                f"; fix: pass {shape}"
+            raise ConfigError(f"{model}: subject {s!r} needs a {ndim}-D tensor {shape}, got {got}{hint}")
+
+
 def freeze_all_but_adapters(model: nn.Module, subjects: Iterable[str] | None = None) -> list[str]:
     """Set requires_grad=False everywhere except the adapter maps (of ``subjects`` if given).
 

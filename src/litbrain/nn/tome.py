@@ -55,11 +55,15 @@ def bipartite_soft_matching(
     ``protect_cls`` keeps token 0 out of any merge; ``num_protected`` (overrides it) keeps the
     first ``num_protected`` tokens out (CLS + register tokens).
 
-    ``merge(x, mode="sum")`` maps ``(B, N, ...)`` to ``(B, N - r, ...)``: unmerged A tokens
-    (in their original order, so protected tokens stay first) followed by all B tokens, with
-    each merged A token reduced into its B partner (``mode`` is any ``Tensor.scatter_reduce``
-    reduction: "sum", "mean", "amin", "amax", "prod"). ``unmerge(y)`` maps back to ``(B, N, ...)``,
-    every original token taking the value of the token it ended up in.
+    ``merge(x, mode="sum")`` maps ``(B, N, ...)`` to ``(B, N - r, ...)``: the protected tokens
+    first, in their original order, then the other unmerged A tokens (original order), then the
+    other B tokens, each merged A token reduced into its B partner (``mode`` is any
+    ``Tensor.scatter_reduce`` reduction: "sum", "mean", "amin", "amax", "prod"). With one
+    protected token this is the official ToMe layout (unmerged A, then B); with several (CLS +
+    register or distillation tokens) the protected ones that sit in B (odd positions) are moved to
+    the front as well, so the next layer's first ``num_protected`` positions still hold them.
+    ``unmerge(y)`` maps back to ``(B, N, ...)``, every original token taking the value of the
+    token it ended up in.
     """
     if metric.dim() != 3:
         raise ConfigError(f"bipartite_soft_matching: metric must be (B, N, C), got shape {tuple(metric.shape)}")
@@ -86,6 +90,27 @@ def bipartite_soft_matching(
         dst_idx = best_dst.gather(1, src_idx)
 
     Na = a.shape[1]
+    pa, pb = (protected + 1) // 2, protected // 2  # protected tokens in A (even positions) and in B (odd)
+    # Protected A tokens are never merged (their scores are -inf and r is capped), so they are the
+    # first pa entries of the sorted unm_idx; the protected B tokens are dst[:, :pb].
+    prefix_from_a = [i % 2 == 0 for i in range(protected)]
+
+    def _layout(unm: Tensor, dst: Tensor) -> Tensor:
+        if pb == 0:
+            return torch.cat([unm, dst], dim=1)
+        ia, ib, prefix = iter(range(pa)), iter(range(pb)), []
+        for from_a in prefix_from_a:
+            prefix.append(unm[:, next(ia)] if from_a else dst[:, next(ib)])
+        return torch.cat([torch.stack(prefix, 1), unm[:, pa:], dst[:, pb:]], dim=1)
+
+    def _split(y: Tensor, n_unm: int) -> tuple[Tensor, Tensor]:
+        if pb == 0:
+            return y[:, :n_unm], y[:, n_unm:]
+        prefix = y[:, :protected]
+        rest_a = y[:, protected:protected + n_unm - pa]
+        rest_b = y[:, protected + n_unm - pa:]
+        keep_a = torch.tensor(prefix_from_a, device=y.device)
+        return torch.cat([prefix[:, keep_a], rest_a], 1), torch.cat([prefix[:, ~keep_a], rest_b], 1)
 
     def merge(x: Tensor, mode: str = "sum") -> Tensor:
         squeeze = x.dim() == 2
@@ -97,7 +122,7 @@ def bipartite_soft_matching(
         unm = src.gather(1, _idx(unm_idx, tail).expand(*expand))
         moved = src.gather(1, _idx(src_idx, tail).expand(*expand))
         dst = dst.scatter_reduce(1, _idx(dst_idx, tail).expand(*expand), moved, reduce=mode)
-        out = torch.cat([unm, dst], dim=1)
+        out = _layout(unm, dst)
         return out.squeeze(-1) if squeeze else out
 
     def unmerge(y: Tensor) -> Tensor:
@@ -105,7 +130,7 @@ def bipartite_soft_matching(
         if squeeze:
             y = y.unsqueeze(-1)
         n_unm = unm_idx.shape[1]
-        unm, dst = y[:, :n_unm], y[:, n_unm:]
+        unm, dst = _split(y, n_unm)
         tail = y.shape[2:]
         expand = (-1, -1, *tail)
         src = dst.gather(1, _idx(dst_idx, tail).expand(*expand))

@@ -8,12 +8,13 @@ from typing import Any
 
 import torch
 
-from litbrain.errors import ConfigError, DependencyError, ReleaseError
+from litbrain.errors import ConfigError, ReleaseError
 from litbrain.nn.registry import ModelConfig, build_model, config_from_dict
 from litbrain.utils.checkpoint import (
     is_zero_checkpoint,
     read_checkpoint,
     read_zero_client_state,
+    require_deepspeed,
 )
 
 __all__ = ["count_parameters", "estimate_memory", "read_model_config", "zero_memory_rows"]
@@ -46,19 +47,12 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return int(total), int(largest)
 
 
-def _require_deepspeed() -> None:
-    try:
-        import deepspeed  # noqa: F401
-    except ImportError as err:
-        raise DependencyError(f"DeepSpeed is not installed ({err}); fix: pip install 'litbrain[deepspeed]'") from None
-
-
 def zero_memory_rows(
     total_params: int, largest_layer_params: int, num_gpus_per_node: int = 1, num_nodes: int = 1,
     additional_buffer_factor: float = 1.5,
 ) -> list[dict[str, Any]]:
     """DeepSpeed's ZeRO-2 and ZeRO-3 model-state memory estimates, one row per offload option (bytes)."""
-    _require_deepspeed()
+    require_deepspeed()
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
     from deepspeed.runtime.zero.stage_1_and_2 import (
         estimate_zero2_model_states_mem_needs,

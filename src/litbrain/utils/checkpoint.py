@@ -32,6 +32,7 @@ __all__ = [
     "consolidate_zero_checkpoint",
     "is_zero_checkpoint",
     "read_checkpoint",
+    "require_deepspeed",
     "read_zero_client_state",
     "strip_prefix",
     "verify_zip",
@@ -120,7 +121,13 @@ def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> dict[s
 
 
 # ---------------------------------------------------------------- ZeRO checkpoint folders
-def _require_deepspeed() -> None:
+def require_deepspeed() -> None:
+    """Import DeepSpeed or raise a DependencyError naming the extra; on a machine without CUDA, DeepSpeed
+    is told its accelerator is the CPU (``DS_ACCELERATOR=cpu``) instead of warning that it guessed so."""
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     try:
         import deepspeed  # noqa: F401
     except ImportError as err:
@@ -174,7 +181,7 @@ def check_zero_checkpoint(path: str | os.PathLike) -> Path:
     files = sorted(tag_dir.glob("*.pt"))
     if not any(f.name.endswith("optim_states.pt") for f in files) or not any(f.name.endswith("model_states.pt") for f in files):
         raise ReleaseError(f"{tag_dir}: ZeRO checkpoint lacks its model_states/optim_states files; fix: copy the whole folder")
-    _require_deepspeed()
+    require_deepspeed()
     allowed = _safe_globals()
     fix = ("fix: use an intact checkpoint folder written by a deepspeed_stage_* fit "
            "(pickled objects are refused on purpose)")

@@ -105,7 +105,7 @@ def atomic_dir(out_dir: str | os.PathLike, overwrite: bool = False,
                 from litbrain.errors import DataError
 
                 raise (exists_error or DataError)(
-                    f"{out}: already exists; fix: {fix or 'pass --overwrite true or choose another directory'}")
+                    f"{out}: already exists; fix: {fix or 'pass --overwrite true (overwrite=True in Python) or choose another directory'}")
             old = temporary_sibling(out, "old")
             os.replace(out, old)
             os.replace(tmp, out)
