@@ -34,9 +34,8 @@ def test_quick_benchmark_prints_the_table(capsys):
     assert "image 36x36 px" in printed and "grid 9x9" in printed and "window 3x3" in printed
 
 
-def test_grid_not_divisible_by_window_fails_clearly(capsys):
-    # 32 px / patch 4 -> an 8x8 grid: no silent fallback to 2x2 windows, the reducer's error surfaces in one line.
+def test_a_bad_window_fails_clearly(capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["--quick", "true", "--threads", "1", "--img_size", "32"])
+        main(["--quick", "true", "--threads", "1", "--window", "1"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert exc.value.code == 2 and len(err) == 1 and "not divisible by window=3" in err[0] and "fix:" in err[0]
+    assert exc.value.code == 2 and len(err) == 1 and "window=1" in err[0] and "fix:" in err[0]

@@ -89,8 +89,8 @@ def test_window_merge_bad_input():
     x = torch.randn(1, 12, 4)
     with pytest.raises(ValueError, match="grid_hw=None assumes a square"):
         window_merge(x, None, None)
-    with pytest.raises(ValueError, match="not divisible by window=3"):
-        window_merge(torch.randn(1, 16, 4), None, (4, 4), window=3)
+    with pytest.raises(ValueError, match="window=5 is larger than the patch grid 4x4"):
+        window_merge(torch.randn(1, 16, 4), None, (4, 4), window=5)
     with pytest.raises(ValueError, match="grid_hw=.* has 9 cells"):
         window_merge(x, None, (3, 3))
     with pytest.raises(ValueError, match="window=1"):
@@ -137,3 +137,35 @@ def test_key_token_set_ignores_padding():
 def test_key_token_set_rejects_bad_fraction(fraction):
     with pytest.raises(ValueError, match="fraction"):
         key_token_set(torch.rand(1, 10), fraction)
+
+
+def test_a_grid_the_window_does_not_divide_gets_ragged_edge_windows():
+    """14 x 14 patches (ViT-B/16 at 224 px) in 3 x 3 windows: 4 x 4 full windows plus 3 x 2, 2 x 3 and 2 x 2
+    ones at the bottom and right edges; similarity is each window's own mean pairwise cosine."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 196, 8)
+    sim = window_similarity(x, (14, 14), 3)
+    assert sim.shape == (2, 25)
+    grid = x.view(2, 14, 14, 8)
+    for w, (r, c) in enumerate([(r, c) for r in range(0, 14, 3) for c in range(0, 14, 3)]):
+        block = torch.nn.functional.normalize(grid[:, r:r + 3, c:c + 3].reshape(2, -1, 8), dim=-1)
+        k = block.shape[1]
+        pair = block @ block.transpose(1, 2)
+        want = (pair.sum((1, 2)) - pair.diagonal(dim1=1, dim2=2).sum(1)) / (k * (k - 1))
+        torch.testing.assert_close(sim[:, w], want, rtol=1e-5, atol=1e-6)
+    # every window merged: 25 tokens whose sizes are the windows' patch counts, mass conserved
+    tokens, size, mask = window_merge(x, None, (14, 14), window=3, keep=25)
+    assert mask.all() and tokens.shape[1] == 25
+    assert sorted(size[0].tolist()) == sorted([9.0] * 16 + [6.0] * 8 + [4.0])
+    torch.testing.assert_close((tokens * size[..., None]).sum(1), x.sum(1), rtol=1e-5, atol=1e-4)
+    # a budget between: the most similar windows merge until at most `keep` tokens are left
+    _, size, mask = window_merge(x, None, (14, 14), window=3, keep=100)
+    assert (mask.sum(1) <= 100).all() and torch.equal(size.sum(1), torch.full((2,), 196.0))
+
+
+def test_a_window_of_one_patch_never_merges():
+    x = torch.ones(1, 16, 4)  # identical tokens: every window with a pair merges at any threshold
+    sim = window_similarity(x, (4, 4), 3)  # windows: 3x3, 3x1, 1x3, 1x1
+    assert torch.isinf(sim[0, 3]) and sim[0, 3] < 0 and torch.allclose(sim[0, :3], torch.ones(3))
+    tokens, size, _ = window_merge(x, None, (4, 4), window=3, threshold=0.5)
+    assert sorted(size[0].tolist()) == [1.0, 3.0, 3.0, 9.0]

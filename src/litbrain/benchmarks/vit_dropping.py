@@ -14,9 +14,8 @@ under ``torch.inference_mode``, batches of images through
 The MustDrop budget is ``keep_fraction`` of the patches (25% of 225 = 56). Merging a 3x3
 window removes 8 tokens, so MustDrop merges ceil((225 - 56) / 8) = 22 windows and ends with
 49 tokens; ToMe is then run at 49 so both keep the same count. The window is 3 (the
-method's, PAPERS.md section 5) unless ``--window`` says otherwise; there is no fallback:
-if the grid is not divisible by the window, :class:`~litbrain.nn.VisionTokenReducer`
-raises its own error (pick ``--img-size`` / ``--window`` so that it is).
+method's, PAPERS.md section 5) unless ``window`` says otherwise; a grid the window does not
+divide (224 px: 14x14) gets ragged edge windows, so the defaults run on every ViT-B/16.
 Repetitions are interleaved (the order rotates every repetition, so a busy machine slows
 every method alike) and the median time per batch is reported.
 
@@ -166,7 +165,7 @@ def bench_vit_dropping(
         keep_fraction: kept patch tokens as a fraction of the grid.
         merge_layer: MustDrop: blocks run before the window merge.
         img_size: image side in pixels (default 240 -> a 15x15 grid for ViT-B/16; quick: 36 -> 9x9 with patch 4).
-        window: MustDrop window side; the patch grid must be divisible by it.
+        window: MustDrop window side (a grid it does not divide gets ragged edge windows).
         reps: timed repetitions per method (interleaved).
         warmup: untimed batches per method first.
         threads: torch threads (default: torch's).

@@ -4,6 +4,11 @@ After an early ViT layer the patch grid is cut into ``window x window`` windows;
 whose tokens are alike (mean pairwise cosine similarity, self excluded, >= ``threshold``)
 becomes one token, their size-weighted mean. The "key-token set" is the top ``fraction`` of
 tokens by CLS attention in the last layer; later stages never drop it.
+
+A grid the window does not divide (ViT-B/16 at 224 px: 14 x 14 patches, 3 x 3 windows) gets
+ragged windows at its bottom and right edges (3 x 2, 2 x 3, 2 x 2 here), as the method's window
+partition allows: every patch belongs to exactly one window, and a window of one patch never
+merges.
 """
 
 from __future__ import annotations
@@ -20,8 +25,11 @@ __all__ = ["check_window_grid", "key_token_set", "window_merge", "window_similar
 
 
 def check_window_grid(num_patches: int, grid_hw: tuple[int, int] | None, window: int) -> tuple[int, int]:
-    """Validate a patch grid for windowing; returns ``(H, W)``. ``grid_hw=None`` means square."""
-    if not isinstance(window, int) or window < 2:
+    """Validate a patch grid for windowing; returns ``(H, W)``. ``grid_hw=None`` means square.
+
+    The window need not divide the grid: edge windows are then smaller (see the module docstring).
+    """
+    if isinstance(window, bool) or not isinstance(window, int) or window < 2:
         raise ConfigError(f"window={window!r} must be an int >= 2; fix: use e.g. window=3 (3x3 windows)")
     if grid_hw is None:
         side = math.isqrt(num_patches)
@@ -34,38 +42,40 @@ def check_window_grid(num_patches: int, grid_hw: tuple[int, int] | None, window:
     H, W = (int(v) for v in grid_hw)
     if H * W != num_patches:
         raise ConfigError(f"grid_hw={grid_hw} has {H * W} cells but there are {num_patches} patch tokens; fix: pass the real grid")
-    if H % window or W % window:
-        divisors = [d for d in range(2, min(H, W) + 1) if H % d == 0 and W % d == 0]
-        raise ConfigError(
-            f"patch grid {H}x{W} is not divisible by window={window}; "
-            f"fix: use window in {divisors or 'none (no common divisor >= 2)'} or an image size whose grid is"
-        )
+    if window > max(H, W):
+        raise ConfigError(f"window={window} is larger than the patch grid {H}x{W}; fix: use a window <= {max(H, W)}")
     return H, W
 
 
-def _window_groups(H: int, W: int, window: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """``groups (nW, window**2)``: patch indices of each window, raster order (top-left first);
-    ``win_of (H*W,)``: the window of each patch."""
+def _windows(H: int, W: int, window: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """``win_of (H*W,)``: the window of each patch (windows in raster order); ``count (nW,)``: patches per
+    window (``window**2`` inside, fewer at ragged edges); ``first (nW,)``: each window's top-left patch."""
+    cols_w = -(-W // window)
     rows = torch.arange(H, device=device) // window
     cols = torch.arange(W, device=device) // window
-    win_of = (rows[:, None] * (W // window) + cols[None, :]).reshape(-1)
-    groups = torch.argsort(win_of, stable=True).view(-1, window * window)
-    return groups, win_of
+    win_of = (rows[:, None] * cols_w + cols[None, :]).reshape(-1)
+    n_windows = int(-(-H // window) * cols_w)
+    count = torch.bincount(win_of, minlength=n_windows)
+    first = torch.full((n_windows,), H * W, device=device, dtype=torch.long)
+    first = first.scatter_reduce(0, win_of, torch.arange(H * W, device=device), reduce="amin")
+    return win_of, count, first
 
 
 def window_similarity(metric: Tensor, grid_hw: tuple[int, int] | None = None, window: int = 3) -> Tensor:
     """Mean pairwise cosine similarity (self excluded) inside each window: ``(B, nW)``.
 
-    ``metric``: ``(B, H*W, C)`` patch features, raster order, CLS excluded.
+    ``metric``: ``(B, H*W, C)`` patch features, raster order, CLS excluded. Computed as
+    ``(|sum_i m_i|^2 - k) / (k (k - 1))`` over the window's k unit vectors, which is the mean of
+    the off-diagonal cosines; a window of one patch gets ``-inf`` (it has no pair, never merges).
     """
-    B, N, _ = metric.shape
+    B, N, C = metric.shape
     H, W = check_window_grid(N, grid_hw, window)
-    groups, _ = _window_groups(H, W, window, metric.device)
-    m = F.normalize(metric[:, groups], dim=-1)  # (B, nW, k, C)
-    sim = m @ m.transpose(-1, -2)  # (B, nW, k, k)
-    k = window * window
-    off_diag = sim.sum(dim=(-1, -2)) - sim.diagonal(dim1=-2, dim2=-1).sum(-1)
-    return off_diag / (k * (k - 1))
+    win_of, count, _ = _windows(H, W, window, metric.device)
+    m = F.normalize(metric.float(), dim=-1)
+    total = m.new_zeros(B, count.numel(), C).index_add_(1, win_of, m)
+    k = count.to(m.dtype)
+    sim = ((total * total).sum(-1) - k) / (k * (k - 1)).clamp_min(1)
+    return torch.where(count > 1, sim, torch.full_like(sim, -math.inf)).to(metric.dtype)
 
 
 def window_merge(
@@ -99,8 +109,8 @@ def window_merge(
         raise ConfigError(f"window_merge: x must be (B, H*W, D) patch tokens, got shape {tuple(x.shape)}")
     B, N, D = x.shape
     H, W = check_window_grid(N, grid_hw, window)
-    k = window * window
-    n_windows = (H // window) * (W // window)
+    win_of, count, first = _windows(H, W, window, x.device)
+    n_windows = count.numel()
     if size is None:
         size = x.new_ones(B, N)
     elif size.shape != (B, N):
@@ -111,8 +121,7 @@ def window_merge(
                 f"keep={keep!r} must be an int in 1..{N} (the patch-token count); fix: pass a budget in that range, "
                 "or keep=None to merge by threshold"
             )
-        n_merge = math.ceil((N - keep) / (k - 1))
-        if n_merge > n_windows:
+        if keep < n_windows:
             raise ConfigError(
                 f"keep={keep} is unreachable with window={window}: merging all {n_windows} windows leaves "
                 f"{n_windows} tokens; fix: use keep >= {n_windows} or a larger window"
@@ -123,9 +132,13 @@ def window_merge(
         if keep is None:
             merged = sim >= threshold
         else:
-            merged = torch.zeros(B, n_windows, dtype=torch.bool, device=x.device)
-            if n_merge:
-                merged.scatter_(1, sim.topk(n_merge, dim=1).indices, True)
+            # The most similar windows merge until at most `keep` tokens are left: a window of k
+            # patches removes k - 1 of them (fewer at ragged edges).
+            order = sim.argsort(dim=1, descending=True)
+            saved = (count - 1)[order].cumsum(dim=1)  # tokens removed after merging the first j windows
+            n_take = (saved < N - keep).sum(dim=1, keepdim=True) + (N > keep)  # first j reaching the budget
+            take = torch.arange(n_windows, device=x.device)[None] < n_take
+            merged = torch.zeros(B, n_windows, dtype=torch.bool, device=x.device).scatter(1, order, take)
 
     if not bool(merged.any()):
         mask = torch.ones(B, N, dtype=torch.bool, device=x.device)
@@ -134,10 +147,9 @@ def window_merge(
             out += (torch.arange(N, device=x.device).expand(B, N),)
         return out
 
-    groups, win_of = _window_groups(H, W, window, x.device)
     patch = torch.arange(N, device=x.device)
     # Every patch goes to its window's top-left patch if the window merges, else stays.
-    target = torch.where(merged[:, win_of], groups[win_of, 0], patch)  # (B, N)
+    target = torch.where(merged[:, win_of], first[win_of], patch)  # (B, N)
     kept = target == patch
     slot = kept.long().cumsum(dim=1) - 1  # output position of each kept patch
     index = slot.gather(1, target)  # output position of every patch
