@@ -74,3 +74,18 @@ def test_bench_script_parses_config(tmp_path, capsys):
     assert exc.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["width"] == yaml.safe_load(CONFIG.read_text())["width"]
+
+
+def test_step_benchmark_reports_every_step_against_the_measured_peak(capsys):
+    from litbrain.benchmarks.fmri import bench_fmri_step
+
+    res = bench_fmri_step(voxels=[40, 30], width=16, n_blocks=1, target_dim=8, rows_per_subject=4, thread_counts=[1],
+                          rounds=1, output=None)
+    out = capsys.readouterr().out
+    assert {r["step"] for r in res["rows"]} == {"fp32 fused", "bf16-mixed fused", "fp32 foreach", "fp32 default"}
+    # the FLOP count is the matmuls': adapters + 1 block (2 linears) + head + projector, forward and backward
+    assert res["gflop_per_step"] > 0 and res["peak_gflops"]["float32/1t"] > 0
+    for r in res["rows"]:
+        assert r["ms"] > 0 and 0 < r["of_fp32_peak"] and r["forward_ms"] + r["backward_ms"] + r["optimiser_ms"] > 0
+        assert r["step"] in out
+    assert "of fp32 peak" in out and "matmul peak" in out

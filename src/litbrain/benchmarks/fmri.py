@@ -50,6 +50,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from litbrain.benchmarks import BenchConfigError
 from litbrain.utils.io import atomic_write_text
 
 __all__ = ["bench_fmri", "BARS"]
@@ -123,9 +124,10 @@ def bench_fmri(
     """
     config = {k: v for k, v in locals().items()}
     if min(warmup_steps, window_steps, repetitions, memory_scale, num_threads) < 1:
-        raise ValueError("warmup_steps, window_steps, repetitions, memory_scale and num_threads must be >= 1")
+        raise BenchConfigError("warmup_steps, window_steps, repetitions, memory_scale and num_threads must be >= 1; "
+                               "fix: correct configs/bench/fmri.yaml")
     if batch_size < n_subjects:
-        raise ValueError(f"batch_size={batch_size} < n_subjects={n_subjects}; fix: batch_size >= n_subjects")
+        raise BenchConfigError(f"batch_size={batch_size} < n_subjects={n_subjects}; fix: batch_size >= n_subjects")
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     log = _Progress(verbose)
@@ -635,3 +637,116 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, float) and not math.isfinite(o):
         return None
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# ============================================================================ the training step, against the peak
+def bench_fmri_step(
+    voxels: list[int] = [15724, 14278],
+    width: int = 1024,
+    n_blocks: int = 4,
+    target_dim: int = 768,
+    rows_per_subject: int = 32,
+    thread_counts: list[int] = [1, 2],
+    rounds: int = 5,
+    seed: int = 0,
+    output: str | None = "runs/bench/fmri_step.json",
+) -> dict[str, Any]:
+    """The fMRI training step at MindEye2's sizes, as achieved FLOP/s and a fraction of this machine's peak.
+
+    Measures, side by side in interleaved rounds: the step in fp32 and under bf16 autocast
+    (Lightning's ``bf16-mixed`` on CPU), each with its forward / backward / optimiser breakdown, the
+    optimiser in its default, foreach and fused forms, and 1 vs 2 threads. The matmul peak is
+    measured in the same run (:func:`litbrain.benchmarks.common.matmul_peak`).
+
+    Args:
+        voxels: voxels per subject (MindEye2's subj01 / subj02 nsdgeneral: 15724 / 14278).
+        width: shared width after the adapters.
+        n_blocks: residual MLP blocks.
+        target_dim: width of the pooled image target.
+        rows_per_subject: rows of each subject per step.
+        thread_counts: torch threads to compare.
+        rounds: interleaved rounds per comparison (medians and median per-round ratios reported).
+        seed: seed of the weights and the batch.
+        output: JSON file for the figures (None: do not write).
+    """
+    import torch
+
+    from litbrain.benchmarks.common import count_flops, interleaved, matmul_peak, threads
+    from litbrain.nn import BrainDecoder
+    from litbrain.tasks.fmri_decoding import FmriDecodingTask, decoder_loss
+    from litbrain.utils.optim import build_optimizer
+
+    if min(rounds, rows_per_subject, width) < 1 or not voxels:
+        raise BenchConfigError("rounds, rows_per_subject and width must be >= 1 and voxels non-empty; fix: see "
+                               "configs/bench/fmri_step.yaml")
+    torch.manual_seed(seed)
+    subjects = {f"subj{i + 1:02d}": int(n) for i, n in enumerate(voxels)}
+    model = BrainDecoder(subjects=subjects, image_embedding_shape=[target_dim], width=width, n_blocks=n_blocks)
+    h = FmriDecodingTask().hparams
+    b = rows_per_subject
+    batch = {"brain": {s: torch.randn(b, n) for s, n in subjects.items()},
+             "image_embedding": torch.randn(b * len(subjects), target_dim),
+             "subject": torch.zeros(b * len(subjects), dtype=torch.long)}
+    n_params = sum(p.numel() for p in model.parameters())
+
+    def loss(bf16: bool):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return decoder_loss(model, batch, 0.5, h)[0]  # the SoftCLIP phase
+
+    def make_step(bf16: bool, kind: str = "fused"):
+        opt, _ = build_optimizer(model, h.lr, h.weight_decay, h.warmup_fraction, 1000)
+        if kind != "fused":
+            groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in opt.param_groups]
+            opt = torch.optim.AdamW(groups, lr=h.lr, foreach=kind == "foreach")
+        parts: dict[str, list[float]] = {"forward": [], "backward": [], "optimiser": []}
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
+            out = loss(bf16)
+            t1 = time.perf_counter()
+            out.backward()
+            t2 = time.perf_counter()
+            opt.step()
+            t3 = time.perf_counter()
+            for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
+                parts[k].append(v)
+
+        return step, parts
+
+    flops = count_flops(lambda: loss(False).backward())
+    model.zero_grad(set_to_none=True)
+    peak = matmul_peak(thread_counts=tuple(thread_counts))
+    result: dict[str, Any] = {"parameters": n_params, "gflop_per_step": flops / 1e9, "peak_gflops": peak, "rows": []}
+    for n_threads in thread_counts:
+        with threads(n_threads):
+            steps = {name: make_step(bf16, kind) for name, bf16, kind in
+                     (("fp32 fused", False, "fused"), ("bf16-mixed fused", True, "fused"),
+                      ("fp32 foreach", False, "foreach"), ("fp32 default", False, "default"))}
+            timed = interleaved({k: v[0] for k, v in steps.items()}, rounds=rounds, warmup=2)
+        fp32_peak = peak.get(f"float32/{n_threads}t") or max(peak.values())
+        for name, (_, parts) in steps.items():
+            sec = timed["median"][name]
+            result["rows"].append({
+                "threads": n_threads, "step": name, "ms": 1e3 * sec,
+                **{f"{k}_ms": 1e3 * statistics.median(v[-rounds:]) for k, v in parts.items()},
+                "gflops": flops / sec / 1e9, "of_fp32_peak": flops / sec / 1e9 / fp32_peak,
+                "vs_fp32_fused": 1.0 / timed["ratio_median"][name] * timed["ratio_median"]["fp32 fused"],
+            })
+    result["thread_scaling"] = {
+        r["step"]: next(q["ms"] for q in result["rows"] if q["step"] == r["step"] and q["threads"] == 1) / r["ms"]
+        for r in result["rows"] if r["threads"] == max(thread_counts)} if len(thread_counts) > 1 else {}
+    lines = [f"fMRI training step: {len(subjects)} subjects x {voxels} voxels, width {width}, {n_blocks} blocks, "
+             f"{target_dim}-d target, {b} rows/subject; {n_params / 1e6:.1f} M parameters, {flops / 1e9:.2f} GFLOP/step "
+             f"(matmuls; torch's flop counter)",
+             "matmul peak (GFLOP/s): " + ", ".join(f"{k} {v:.0f}" for k, v in peak.items()),
+             f"{'threads':>7} {'step':<18}{'ms':>8}{'fwd':>7}{'bwd':>7}{'opt':>7}{'GFLOP/s':>9}{'of fp32 peak':>13}{'speed-up':>10}"]
+    for r in result["rows"]:
+        lines.append(f"{r['threads']:>7} {r['step']:<18}{r['ms']:>8.0f}{r['forward_ms']:>7.0f}{r['backward_ms']:>7.0f}"
+                     f"{r['optimiser_ms']:>7.0f}{r['gflops']:>9.1f}{r['of_fp32_peak']:>12.0%}{r['vs_fp32_fused']:>9.2f}x")
+    if result["thread_scaling"]:
+        lines.append(f"{max(thread_counts)} threads vs 1: " + ", ".join(f"{k} {v:.2f}x" for k, v in result["thread_scaling"].items()))
+    print("\n".join(lines), flush=True)
+    if output:
+        atomic_write_text(output, json.dumps(result, indent=1, default=_json_default))
+    return result

@@ -58,6 +58,8 @@ FAMILIES: dict[str, dict[str, Verb]] = {
                          "retrieval/identification of a decoder vs ridge, oracle and chance"),
         "bench": Verb("litbrain.benchmarks.fmri:bench_fmri",
                       "Lightning vs bare loop, loader vs step, RSS 1x vs 10x (configs/bench/fmri.yaml)"),
+        "bench-step": Verb("litbrain.benchmarks.fmri:bench_fmri_step",
+                           "the training step vs the matmul peak: fp32/bf16, optimisers, threads (configs/bench/fmri_step.yaml)"),
     },
     "seeg": {
         "synthesize": Verb("litbrain.datamodules.seeg.synthetic:synthesize_seeg",

@@ -1,0 +1,99 @@
+"""What every benchmark shares: this machine's matmul peak, FLOP counts, interleaved rounds, ratios.
+
+* :func:`matmul_peak` measures the machine's own peak in the same run (fp32 and bf16, 1 and 2
+  threads, a few sizes; the best median of each), so every step can be reported as achieved
+  FLOP/s and as a fraction of that peak, beside its time.
+* :func:`count_flops` counts a callable's FLOPs with ``torch.utils.flop_counter`` (matmuls,
+  convolutions, attention; elementwise work is not counted, so fractions are conservative).
+* :func:`interleaved` runs two (or more) measured callables in alternating ABBA order and returns
+  each one's times and the median of the per-round ratios, so one noisy round cannot flip a verdict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import time
+from typing import Any, Callable, Iterator
+
+__all__ = ["count_flops", "interleaved", "matmul_peak", "threads", "time_call"]
+
+
+@contextlib.contextmanager
+def threads(n: int) -> Iterator[None]:
+    """Run a block with ``n`` torch intra-op threads, restoring the previous count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def time_call(fn: Callable[[], Any], reps: int = 5, warmup: int = 1) -> list[float]:
+    """Seconds of ``reps`` calls of ``fn`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def matmul_peak(dtypes: tuple[str, ...] = ("float32", "bfloat16"), thread_counts: tuple[int, ...] = (1, 2),
+                sizes: tuple[int, ...] = (1024, 2048), reps: int = 5) -> dict[str, float]:
+    """GFLOP/s of square matmuls per ``"<dtype>/<threads>t"``: the best size's median over ``reps``."""
+    import torch
+
+    peaks: dict[str, float] = {}
+    for dtype in dtypes:
+        dt = getattr(torch, dtype)
+        for n_threads in thread_counts:
+            if n_threads > (os.cpu_count() or 1):
+                continue
+            best = 0.0
+            with threads(n_threads):
+                for n in sizes:
+                    a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
+                    sec = statistics.median(time_call(lambda: a @ b, reps=reps, warmup=2))
+                    best = max(best, 2 * n ** 3 / sec / 1e9)
+            peaks[f"{dtype}/{n_threads}t"] = round(best, 1)
+    return peaks
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of one call of ``fn`` (forward and whatever backward it runs) by torch's flop counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def interleaved(calls: dict[str, Callable[[], Any]], rounds: int = 5, warmup: int = 1) -> dict[str, Any]:
+    """Time every callable once per round, ABBA-ordered (the order reverses every round).
+
+    Returns ``{"seconds": {name: [per round]}, "median": {name: s}, "ratio_median": {name: median over
+    rounds of name / first}}``: ratios are taken within a round, where both saw the same machine.
+    """
+    names = list(calls)
+    for _ in range(warmup):
+        for name in names:
+            calls[name]()
+    seconds: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            t = time.perf_counter()
+            calls[name]()
+            seconds[name].append(time.perf_counter() - t)
+    first = names[0]
+    return {
+        "seconds": seconds,
+        "median": {n: statistics.median(v) for n, v in seconds.items()},
+        "ratio_median": {n: statistics.median(a / b for a, b in zip(seconds[n], seconds[first])) for n in names},
+    }
