@@ -86,3 +86,17 @@ def test_bad_dropping_field_is_one_line_before_any_training(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "trained_overrides: unknown DroppingConfig field(s) ['proportional']" in err
+
+
+def test_lm_loop_benchmark_matches_hf_generate_token_for_token(capsys):
+    from litbrain.benchmarks.vlm_dropping import bench_lm_loop
+
+    lm = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+          "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 64, "max_position_embeddings": 128}
+    res = bench_lm_loop(lm=lm, prompt_tokens=8, new_tokens=4, batch_sizes=[1, 2], rounds=1, out_json=None)
+    out = capsys.readouterr().out
+    assert [r["batch"] for r in res["rows"]] == [1, 2]
+    for r in res["rows"]:
+        assert r["same_tokens"]  # the two loops decode the same greedy tokens, every one of them
+        assert r["first_token_ms_hf"] > 0 and r["decode_tok_s_litbrain"] > 0
+    assert "decode tok/s HF" in out and "bar:" in out

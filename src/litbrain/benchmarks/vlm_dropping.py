@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import time
 import warnings
 from typing import Any
@@ -332,6 +333,92 @@ def bench_vlm_dropping(
     result = {"rows": rows, "latency": latency, "chance": chance, "bars": bars, "train_seconds": train_seconds,
               "keep": keep, "n_patches": n_patch, "train_steps": train_steps, "seeds": seeds,
               "settings": settings, "trained_with": trained}
+    if out_json:
+        atomic_write_text(out_json, json.dumps(result, indent=2))
+    return result
+
+
+def bench_lm_loop(
+    lm: dict[str, Any] | None = None,
+    prompt_tokens: int = 128,
+    new_tokens: int = 32,
+    batch_sizes: list[int] = [1, 8],
+    rounds: int = 5,
+    threads: int = 1,
+    seed: int = 0,
+    out_json: str | None = "runs/bench/lm_loop.json",
+) -> dict[str, Any]:
+    """litbrain's layer-by-layer prefill + decode loop (the one dropping needs) against Hugging Face
+    ``generate`` with its KV cache, on the same dense LM and prompt embeddings: first-token latency and
+    decode tokens/s side by side, in interleaved rounds.
+
+    Args:
+        lm: a transformers config dict (``model_type`` llama/qwen2/mistral); default a 4-layer 256-wide Llama.
+        prompt_tokens: prompt length (embeddings fed to both loops).
+        new_tokens: greedy tokens generated (EOS ignored: both loops run every step).
+        batch_sizes: batch sizes to measure.
+        rounds: interleaved rounds (medians and median per-round ratios).
+        threads: torch threads.
+        seed: weights and prompts.
+        out_json: JSON file for the figures (None: do not write).
+    """
+    import torch
+
+    from litbrain.benchmarks.common import interleaved
+    from litbrain.nn.encoders import causal_lm
+    from litbrain.nn.lm_dropping import KIND_TEXT, decode_step, prefill
+
+    cfg = lm or {"model_type": "llama", "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4,
+                 "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 1024, "max_position_embeddings": 1024}
+    if min(prompt_tokens, new_tokens, rounds) < 1 or not batch_sizes:
+        raise BenchConfigError("prompt_tokens, new_tokens and rounds must be >= 1 and batch_sizes non-empty")
+    torch.set_num_threads(int(threads))
+    torch.manual_seed(seed)
+    model = causal_lm(dict(cfg), "eager").eval()
+    rows = []
+    for B in batch_sizes:
+        embeds = torch.randn(B, prompt_tokens, model.config.hidden_size) * 0.02
+        mask = torch.ones(B, prompt_tokens, dtype=torch.long)
+        kind = torch.full((B, prompt_tokens), KIND_TEXT)
+        got: dict[str, Any] = {}
+
+        def ours(n: int) -> None:
+            with torch.no_grad():
+                out = prefill(model, embeds, mask, kind, use_cache=True, logits_mode="last")
+                nxt, pos = out.logits.argmax(-1), out.next_position
+                tokens = [nxt]
+                for t in range(1, n):
+                    nxt = decode_step(model, out.cache, nxt, pos + t - 1, prompt_tokens + t - 1).argmax(-1)
+                    tokens.append(nxt)
+                got["ours"] = torch.stack(tokens, 1)
+
+        def hf(n: int) -> None:
+            with torch.no_grad():
+                ids = model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                                     do_sample=False, use_cache=True, pad_token_id=0)
+                got["hf"] = ids[:, -n:]
+
+        first = interleaved({"hf": lambda: hf(1), "litbrain": lambda: ours(1)}, rounds=rounds)
+        full = interleaved({"hf": lambda: hf(new_tokens), "litbrain": lambda: ours(new_tokens)}, rounds=rounds)
+        same = bool(torch.equal(got["ours"], got["hf"]))
+        dec = {k: B * (new_tokens - 1) / max(full["median"][k] - first["median"][k], 1e-9) for k in ("hf", "litbrain")}
+        per_round = [(B * (new_tokens - 1) / (fo - f1)) / (B * (new_tokens - 1) / (ho - h1)) for fo, f1, ho, h1 in zip(
+            full["seconds"]["litbrain"], first["seconds"]["litbrain"], full["seconds"]["hf"], first["seconds"]["hf"])]
+        rows.append({"batch": B, "first_token_ms_hf": 1e3 * first["median"]["hf"],
+                     "first_token_ms_litbrain": 1e3 * first["median"]["litbrain"],
+                     "decode_tok_s_hf": dec["hf"], "decode_tok_s_litbrain": dec["litbrain"],
+                     "decode_ratio_median": statistics.median(per_round), "same_tokens": same})
+    lines = [f"LM decoding loops, dense {cfg.get('model_type')} {cfg.get('num_hidden_layers')}x{cfg.get('hidden_size')}, "
+             f"prompt {prompt_tokens} tokens, {new_tokens} new, {threads} thread(s), {rounds} interleaved rounds",
+             f"{'batch':>5}{'first token HF':>16}{'litbrain':>10}{'decode tok/s HF':>17}{'litbrain':>10}{'ratio':>8}  same tokens"]
+    for r in rows:
+        lines.append(f"{r['batch']:>5}{r['first_token_ms_hf']:>14.1f}ms{r['first_token_ms_litbrain']:>8.1f}ms"
+                     f"{r['decode_tok_s_hf']:>17.1f}{r['decode_tok_s_litbrain']:>10.1f}{r['decode_ratio_median']:>7.2f}x"
+                     f"  {r['same_tokens']}")
+    lines.append("bar: litbrain decode tokens/s >= 0.9x HF generate (median of per-round ratios)")
+    print("\n".join(lines), flush=True)
+    result = {"rows": rows, "config": {"lm": cfg, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
+                                       "threads": threads, "rounds": rounds}}
     if out_json:
         atomic_write_text(out_json, json.dumps(result, indent=2))
     return result

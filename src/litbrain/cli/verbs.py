@@ -76,6 +76,8 @@ FAMILIES: dict[str, dict[str, Verb]] = {
                       "accuracy, tokens and latency of dense/ToMe/FastV/MustDrop (configs/bench/vlm_dropping.yaml)"),
         "bench-vit": Verb("litbrain.benchmarks.vit_dropping:bench_vit_dropping",
                           "ViT images/s dense vs MustDrop stage 1 vs ToMe (configs/bench/vit_dropping.yaml)"),
+        "bench-lm": Verb("litbrain.benchmarks.vlm_dropping:bench_lm_loop",
+                         "litbrain's LM decode loop vs Hugging Face generate: first token, tokens/s (configs/bench/lm_loop.yaml)"),
     },
 }
 
