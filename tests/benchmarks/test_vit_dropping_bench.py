@@ -9,13 +9,14 @@ import math
 import pytest
 
 from litbrain.benchmarks.vit_dropping import BARS
-from tests.helpers.scripts import script_main
+from tests.helpers.scripts import REPO, script_main
 
 main = script_main("bench_vit_dropping")
 
 
-def test_quick_benchmark_prints_the_table(capsys):
-    result = main(["--quick", "true", "--threads", "1"])
+@pytest.mark.parametrize("library", ["timm", "open_clip"])
+def test_quick_benchmark_prints_the_table(capsys, library):
+    result = main(["--quick", "true", "--threads", "1", "--libraries", f"[{library}]"])[library]
     printed = capsys.readouterr().out
     rows = {r["method"]: r for r in result["rows"]}
     assert set(rows) == {"dense", "MustDrop stage 1", "ToMe"}
@@ -39,3 +40,12 @@ def test_a_bad_window_fails_clearly(capsys):
         main(["--quick", "true", "--threads", "1", "--window", "1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and len(err) == 1 and "window=1" in err[0] and "fix:" in err[0]
+
+
+def test_the_defaults_take_vit_b16_at_224_px_with_ragged_windows():
+    """The default image size is 224 px: ViT-B/16's 14x14 grid, which 3x3 windows do not divide."""
+    from litbrain.benchmarks.vit_dropping import DEFAULT_IMG_SIZE
+
+    cfg = __import__("yaml").safe_load((REPO / "configs/bench/vit_dropping.yaml").read_text())
+    assert DEFAULT_IMG_SIZE == 224 and cfg["img_size"] is None and cfg["window"] == 3
+    assert cfg["libraries"] == ["timm", "open_clip"]
