@@ -32,9 +32,9 @@ What :func:`prepare_nsd` writes (the raw layout of :mod:`.prepare`; ``litbrain f
     <out>/nsd.json                                what was read, counts, parameters, fingerprint
 
 Nothing big is held in memory: session files are linked (or, for .hdf5, copied ``chunk_mb`` at a
-time), images go from the brick to PNG a few rows at a time and only the COCO captions of the
-chosen images are kept, so the peak RSS does not grow with the number of sessions or images
-(``litbrain fmri bench-nsd`` measures it). Everything is checked before anything is written; the
+time), images go from the brick to PNG a few rows at a time and the COCO files are streamed an
+annotation at a time, keeping the captions of the chosen images only; so the peak RSS does not
+grow with the number of sessions or images (``litbrain fmri bench-nsd`` measures it). Everything is checked before anything is written; the
 output appears whole (temporary folder, then rename) and a second call with the same inputs and
 parameters returns at once. Image embeddings then come from ``litbrain embed-images`` and
 ``litbrain embed-captions`` on ``<out>``, and ``litbrain fmri prepare`` shards it.
@@ -285,6 +285,8 @@ def _fmt_grid(shape, affine) -> str:
 
 def _read_captions(paths: dict[str, Path], wanted: dict[str, set[int]]) -> dict[int, list[str]]:
     """COCO captions of the wanted cocoIds per split; only those are kept from each JSON file."""
+    import ijson
+
     out: dict[int, list[str]] = {}
     for split in sorted(wanted):
         path = paths[split]
@@ -292,23 +294,17 @@ def _read_captions(paths: dict[str, Path], wanted: dict[str, set[int]]) -> dict[
             raise DataError(f"{path}: not found (cocoSplit '{split}' of {len(wanted[split])} chosen image(s)); fix: "
                             f"download COCO 2017's annotations (annotations_trainval2017.zip) and pass "
                             f"coco_annotations=<its annotations folder>, or captions=false")
+        want = wanted[split]
         try:
-            with open(path, encoding="utf-8") as f:
-                doc = json.load(f)
-            anns = doc["annotations"]
-        except Exception as exc:
+            # streamed one annotation at a time (ijson): captions_train2017.json is 92 MB, ~0.5 GB as Python objects
+            with open(path, "rb") as f:
+                for a in ijson.items(f, "annotations.item"):
+                    cid = int(a["image_id"])
+                    if cid in want:
+                        out.setdefault(cid, []).append(" ".join(str(a["caption"]).split()))  # one line, no tabs
+        except (KeyError, TypeError, ValueError, ijson.JSONError) as exc:
             raise DataError(f"{path}: not a COCO captions file ({type(exc).__name__}: {exc}); fix: use COCO 2017's "
                             f"captions_{split}.json") from exc
-        want = wanted[split]
-        for a in anns:
-            try:
-                cid = int(a["image_id"])
-                if cid in want:
-                    out.setdefault(cid, []).append(" ".join(str(a["caption"]).split()))  # one line, no tabs
-            except (KeyError, TypeError, ValueError) as exc:
-                raise DataError(f"{path}: an annotation without image_id/caption ({a!r:.80}); fix: use COCO 2017's "
-                                f"captions_{split}.json") from exc
-        del doc, anns
     return out
 
 
@@ -329,7 +325,7 @@ def prepare_nsd(
     ncsnr: bool = True,
     image_size: int | None = None,
     copy_betas: bool = False,
-    chunk_mb: float = 256.0,
+    chunk_mb: float = 64.0,
     progress: bool = True,
     overwrite: bool = False,
 ) -> Path:
