@@ -42,6 +42,8 @@ def test_every_exception_class_of_the_package_derives_from_litbrain_error():
 
 BAD = {
     "fmri prepare": ["fmri", "prepare", "--raw_dir", "/nonexistent/raw", "--out_dir", "{tmp}/prepared"],
+    "fmri prepare-nsd": ["fmri", "prepare-nsd", "--nsd_dir", "/nonexistent/NSD", "--out_dir", "{tmp}/prepared"],
+    "fmri synthesize-nsd": ["fmri", "synthesize-nsd", "--out_dir", "{tmp}/nsd", "--n_subjects", "9"],
     "seeg prepare": ["seeg", "prepare", "--bids_root", "/nonexistent/bids", "--out_dir", "{tmp}/prepared"],
     "fmri evaluate": ["fmri", "evaluate", "--data_dir", "/nonexistent/prepared", "--checkpoint", "{tmp}/x.ckpt"],
     "seeg evaluate": ["seeg", "evaluate", "--checkpoint", "{tmp}/none.ckpt", "--data_dir", "/nonexistent",
