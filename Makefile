@@ -8,7 +8,8 @@ export TOKENIZERS_PARALLELISM := false
 # Tests and the demo run on CPU; keep BLAS from oversubscribing 2 cores.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo seeg-demo seeg-few-labels test test-fast bench bench-seeg bench-vit bench-vlm clean-demo
+.PHONY: install demo nsd-demo seeg-demo seeg-few-labels test test-fast bench bench-nsd bench-seeg bench-vit bench-vlm \
+  clean-demo
 
 install: $(STAMP)
 
@@ -30,6 +31,17 @@ demo: $(STAMP)
 	$(BIN)/litbrain fmri evaluate --config configs/fmri/evaluate_demo.yaml
 	$(BIN)/litbrain export --config configs/fmri/export_demo.yaml
 	@echo "release folder: runs/demo/release (load it with litbrain.release.load_release)"
+
+# NSD in its own layout: a miniature NSD (NSD's files and formats) -> prepare-nsd -> targets from tiny
+# local encoders -> prepare -> the decoder -> retrieval on the shared images. Real NSD: README.
+nsd-demo: $(STAMP)
+	$(BIN)/litbrain fmri synthesize-nsd --config configs/data/synthetic_nsd_demo.yaml
+	$(BIN)/litbrain fmri prepare-nsd --config configs/data/prepare_nsd_demo.yaml
+	$(BIN)/litbrain embed-images --config configs/data/embed_images_nsd_demo.yaml
+	$(BIN)/litbrain embed-captions --config configs/data/embed_captions_nsd_demo.yaml
+	$(BIN)/litbrain fmri prepare --config configs/data/prepare_nsd_demo_shards.yaml
+	$(BIN)/litbrain fit --config configs/fmri/nsd_demo.yaml
+	$(BIN)/litbrain fmri evaluate --config configs/fmri/evaluate_nsd_demo.yaml
 
 # Du-IN's three stages on synthetic BIDS-iEEG, plus the no-pretraining baseline, then the table.
 seeg-demo: $(STAMP)
@@ -63,6 +75,9 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/litbrain fmri bench --config configs/bench/fmri.yaml
 
+bench-nsd: $(STAMP)
+	$(BIN)/litbrain fmri bench-nsd --config configs/bench/nsd.yaml
+
 bench-seeg: $(STAMP)
 	$(BIN)/litbrain seeg bench --config configs/bench/seeg.yaml
 
@@ -73,4 +88,4 @@ bench-vlm: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/litbrain vlm bench --config configs/bench/vlm_dropping.yaml
 
 clean-demo:
-	rm -rf $(DEMO) runs/demo data/seeg_demo runs/seeg_demo
+	rm -rf $(DEMO) runs/demo data/seeg_demo runs/seeg_demo data/nsd_demo runs/nsd_demo

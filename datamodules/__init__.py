@@ -22,6 +22,7 @@ _LAZY = {
     "prepare_fmri": "fmri.prepare", "list_raw_subjects": "fmri.prepare",
     "synthesize_fmri": "fmri.synthetic", "synthetic_oracle": "fmri.synthetic", "load_truth": "fmri.synthetic",
     "true_image_embedding": "fmri.synthetic", "true_text_embedding": "fmri.synthetic",
+    "prepare_nsd": "fmri.nsd", "synthesize_nsd": "fmri.nsd_synthetic", "load_nsd_truth": "fmri.nsd_synthetic",
     "SeegDataModule": "seeg.datamodule", "read_seeg_manifest": "seeg.datamodule", "labelled_subset": "seeg.datamodule",
     "prepare_seeg": "seeg.prepare", "read_seeg_file": "seeg.prepare", "list_bids_subjects": "seeg.prepare",
     "synthesize_seeg": "seeg.synthetic", "load_seeg_truth": "seeg.synthetic", "seeg_oracle_accuracy": "seeg.synthetic",

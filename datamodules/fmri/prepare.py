@@ -10,6 +10,7 @@ real data)::
     <raw>/sub-XX/mask.nii.gz     3D ROI mask (nonzero = in ROI)
     <raw>/sub-XX/betas_sessionNN.nii.gz   4D (X,Y,Z,T) betas, int16 x300 (no scl_slope) or float
     <raw>/sub-XX/trials.tsv      session (1-based), trial (1-based volume index), stimulus_id
+    <raw>/sub-XX/ncsnr.nii.gz    optional 3D noise-ceiling SNR on the mask's grid (NSD's ncsnr)
 
 What prepare does, per subject: applies the mask (voxel order = C order of the grid, saved as
 ``voxel_ijk.npy``); divides unscaled integer data by ``int16_divisor``; z-scores every voxel per
@@ -31,6 +32,8 @@ Prepared layout::
                                  sessions}, image_embedding_shape, text_embedding_dim, n_stimuli,
                                  fingerprint, parameters
     <out>/stimuli.tsv            stimulus_id, shared, image -- row index = stimulus index
+    <out>/sub-XX/ncsnr.npy       (V,) float32, voxel_ijk order, when the raw subject has ncsnr.nii.gz; the
+                                 NSD noise ceiling of an n-trial average is 100 ncsnr^2 / (ncsnr^2 + 1/n)
     <out>/image_embedding.npy    (N, *shape) float32      <out>/text_embedding.npy (N, D) float32
     <out>/sub-XX/{train,val,test}_brain.npy     (rows, V) float16
     <out>/sub-XX/{train,val,test}_stimulus.npy  (rows,) int64 index into stimuli.tsv
@@ -81,6 +84,7 @@ class _Subject:
     mask: np.ndarray | None = None
     affine: np.ndarray | None = None
     n_vols: dict[int, int] = field(default_factory=dict)
+    ncsnr_path: Path | None = None
 
 
 def list_raw_subjects(raw_dir: str | os.PathLike) -> list[str]:
@@ -188,8 +192,9 @@ def _scan_subject(raw: Path, sid: str) -> _Subject:
             if n in sessions:
                 raise DataError(f"{sid}/{p.name}: session {n} also in {sessions[n].name}; fix: keep one file per session")
             sessions[n] = p
+    ncsnr = next((d / n for n in ("ncsnr.nii.gz", "ncsnr.nii") if (d / n).exists()), None)
     return _Subject(sid=sid, dir=d, mask_path=d / "mask.nii.gz" if (d / "mask.nii.gz").exists() else d / "mask.nii",
-                    trials_path=d / "trials.tsv", sessions=sessions)
+                    trials_path=d / "trials.tsv", sessions=sessions, ncsnr_path=ncsnr)
 
 
 def _fingerprint(raw: Path, subs: list[_Subject], emb_paths: list[Path], params: dict) -> str:
@@ -198,6 +203,7 @@ def _fingerprint(raw: Path, subs: list[_Subject], emb_paths: list[Path], params:
     files = [raw / "stimuli.tsv", *emb_paths]
     for s in subs:
         files += [s.mask_path, s.trials_path, *[s.sessions[k] for k in sorted(s.sessions)]]
+        files += [s.ncsnr_path] if s.ncsnr_path else []
     named = []
     for p in files:
         try:
@@ -273,6 +279,22 @@ def _validate_subject(raw: Path, s: _Subject, stim_index: dict[str, int]) -> Non
                             f"fix: correct the trial numbers (1-based volume index) or the betas file")
         s.n_vols[sess] = n_vols
         del img
+    _read_ncsnr(s, check_only=True)
+
+
+def _read_ncsnr(s: _Subject, check_only: bool = False) -> np.ndarray | None:
+    """The subject's ncsnr inside the mask (V,) float32, or None without an ncsnr file."""
+    if s.ncsnr_path is None:
+        return None
+    rel = f"{s.sid}/{s.ncsnr_path.name}"
+    img = _load_nifti(s.ncsnr_path, rel)
+    shape = tuple(img.shape[:3]) if len(img.shape) == 4 and img.shape[3] == 1 else tuple(img.shape)
+    if shape != s.mask.shape or not np.allclose(img.affine, s.affine, atol=1e-3, rtol=1e-4):
+        raise DataError(f"{rel}: grid {shape} differs from the mask's {s.mask.shape} (or its affine); fix: write the "
+                        f"ncsnr of the betas' grid, or remove the file")
+    if check_only:
+        return None
+    return np.asarray(img.dataobj, dtype=np.float32).reshape(s.mask.shape)[s.mask]
 
 
 def _read_session(path: Path, rel: str, mask: np.ndarray, n_read: int, int16_divisor: float,
@@ -470,6 +492,8 @@ def _prepare_subject(s: _Subject, split: np.ndarray, d: Path, int16_divisor: flo
     V = int(mask.sum())
     np.save(d / "voxel_ijk.npy", np.argwhere(mask).astype(np.int32))
     np.save(d / "affine.npy", s.affine)
+    if s.ncsnr_path is not None:
+        np.save(d / "ncsnr.npy", _read_ncsnr(s))
     train = np.flatnonzero(split == 0)  # already in (session, trial) order
     np.save(d / "train_stimulus.npy", stim_col[train].astype(np.int64))
     np.save(d / "train_session.npy", sess_col[train].astype(np.int32))

@@ -7,6 +7,9 @@
   every family: ``synthesize`` (write the family's synthetic world), ``prepare`` (raw files ->
   shards), ``evaluate`` (the comparison table), ``bench`` (the benchmark), e.g.
   ``litbrain seeg prepare --config configs/seeg/prepare_demo.yaml``.
+* A variant of one of those verbs for another on-disk format or world is ``<verb>-<what>``:
+  ``litbrain fmri prepare-nsd`` reads the Natural Scenes Dataset in its own layout,
+  ``fmri synthesize-nsd`` writes a miniature one, ``vlm bench-vit`` benchmarks the ViT alone.
 * Earlier names stay as aliases (``prepare-seeg`` = ``seeg prepare``).
 
 A family registers its verbs with one entry in :data:`FAMILIES`. Targets are ``"module:function"``
@@ -60,6 +63,13 @@ FAMILIES: dict[str, dict[str, Verb]] = {
                       "Lightning vs bare loop, loader vs step, RSS 1x vs 10x (configs/bench/fmri.yaml)"),
         "bench-step": Verb("litbrain.benchmarks.fmri:bench_fmri_step",
                            "the training step vs the matmul peak: fp32/bf16, optimisers, threads (configs/bench/fmri_step.yaml)"),
+        "synthesize-nsd": Verb("litbrain.datamodules.fmri.nsd_synthetic:synthesize_nsd",
+                               "write a miniature Natural Scenes Dataset in NSD's own files, a known image per trial"),
+        "prepare-nsd": Verb("litbrain.datamodules.fmri.nsd:prepare_nsd",
+                            "read NSD as distributed (expdesign, betas, ROI, ncsnr, imgBrick, COCO) into prepare's raw "
+                            "layout"),
+        "bench-nsd": Verb("litbrain.benchmarks.nsd:bench_nsd",
+                          "peak RSS of prepare-nsd + prepare at 2 vs 8 NSD sessions (configs/bench/nsd.yaml)"),
     },
     "seeg": {
         "synthesize": Verb("litbrain.datamodules.seeg.synthetic:synthesize_seeg",
@@ -94,7 +104,7 @@ ALIASES: dict[str, tuple[str, str]] = {
 }
 
 FAMILY_HELP = {
-    "fmri": "fMRI decoding (MindEye2 / STTM): synthetic NSD-like world, prepare, evaluate, bench",
+    "fmri": "fMRI decoding (MindEye2 / STTM): synthetic NSD-like world, prepare, evaluate, bench; NSD's own files",
     "seeg": "sEEG speech decoding (Du-IN): synthetic BIDS-iEEG world, prepare, evaluate, bench",
     "vlm": "vision-language models with vision-token dropping (MustDrop, ToMe, FastV): bench, bench-vit",
 }
