@@ -186,3 +186,18 @@ def test_a_killed_writer_leaves_nothing_the_next_run_keeps(tiny_raw, tmp_path):
     alive.mkdir()
     prepare_fmri(tiny_raw, out)
     assert not stale.exists() and alive.exists() and (out / "manifest.json").is_file()
+
+
+def test_a_fit_that_fails_after_training_keeps_its_checkpoints(tmp_path, tiny_prepared):
+    # The clean-up above is for runs that never trained; one that crashes (or is requeued by SLURM
+    # after writing hpc_ckpt_N.ckpt) must keep what resumes it.
+    from tests.helpers.fitproc import global_step, tiny_fit_args
+
+    run = tmp_path / "run"
+    args = tiny_fit_args(tiny_prepared, run, "--trainer.callbacks+=tests.helpers.fitproc.FailAtStep",
+                         "--trainer.callbacks.init_args.step", "5", every_n_train_steps=2)
+    with pytest.raises(RuntimeError, match="FailAtStep"):
+        main(args)
+    kept = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
+    assert "last.ckpt" in kept and global_step(run / "checkpoints" / "last.ckpt") == 4, kept
+    assert (run / "logs").is_dir()

@@ -125,3 +125,14 @@ class Pace(Callback):
 
     def on_train_batch_end(self, *args: Any) -> None:
         time.sleep(self.seconds)
+
+
+class FailAtStep(Callback):
+    """Test helper: raise after optimiser step ``step``, as a crash in the middle of training would."""
+
+    def __init__(self, step: int = 5) -> None:
+        self.step = int(step)
+
+    def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
+        if trainer.global_step >= self.step:
+            raise RuntimeError(f"FailAtStep: stopped at step {trainer.global_step}")

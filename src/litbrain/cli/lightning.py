@@ -125,15 +125,17 @@ class LitbrainCLI(LightningCLI):
         check_ckpt_path(config.get("ckpt_path") if hasattr(config, "get") else None)
 
     def _run_subcommand(self, subcommand: str) -> None:
-        # A run that fails leaves nothing it created behind (the config.yaml Lightning writes at the
-        # start, empty checkpoint folders), so a corrected re-run starts as if the first never happened.
+        # A run that fails before it trained leaves nothing it created behind (the config.yaml
+        # Lightning writes at the start, empty checkpoint folders), so a corrected re-run starts as if
+        # the first never happened. A run stopped after it trained (Ctrl-C, a crash, SLURM's requeue
+        # SIGTERM after hpc_ckpt_N.ckpt) keeps everything: those checkpoints are what resumes it.
         root = self._get(self.config_init, "trainer", default={}).get("default_root_dir")
         root = Path(root) if root else None
         before = _entries(root)
         try:
             super()._run_subcommand(subcommand)
         except BaseException as err:
-            if root is not None:
+            if root is not None and not _trained(getattr(self, "trainer", None), root, before):
                 _remove_new(root, before)
             if isinstance(err, MisconfigurationException):
                 raise ConfigError(f"{err} (from {where()}); fix: correct that trainer or model setting") from None
@@ -163,6 +165,14 @@ def _entries(root: Path | None) -> set[Path] | None:
     if root is None or not root.exists():
         return None
     return {p for p in root.rglob("*")}
+
+
+def _trained(trainer: Any, root: Path, before: set[Path] | None) -> bool:
+    """Whether a run made progress worth keeping: an optimiser step, or any new checkpoint file."""
+    if trainer is not None and getattr(trainer, "global_step", 0) > 0:
+        return True
+    new = set(root.rglob("*")) - (before or set()) if root.exists() else set()
+    return any(p.suffix == ".ckpt" or (p.is_dir() and p.name.endswith(".ckpt")) for p in new)
 
 
 def _remove_new(root: Path, before: set[Path] | None) -> None:
