@@ -6,6 +6,7 @@ JSON -- never the bars themselves: timings on a shared CI machine are no test.
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -17,14 +18,14 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "bench" / "fmri.yaml"
 
 ROWS = {
-    "step_ms_bare", "step_ms_lightning", "step_ratio", "tiny_step_ratio", "implied_step_ratio",
+    "step_ms_bare", "step_ms_lightning", "step_ratio", "step_ratio_of_medians", "tiny_step_ratio", "implied_step_ratio",
     "datamodule_samples_per_s", "step_samples_per_s", "throughput_ratio",
     "train_data_1x_mb", "train_data_big_mb", "baseline_rss_mb", "peak_rss_1x_mb", "peak_rss_big_mb", "rss_ratio",
 }
 
 TINY = dict(
     n_subjects=2, n_voxels=60, n_stimuli=120, width=32, n_blocks=1, batch_size=16,
-    warmup_steps=1, window_steps=2, repetitions=1,
+    warmup_steps=1, window_steps=2, repetitions=3,
     memory_voxels=100, memory_trials=40, memory_scale=2, memory_width=16, memory_n_blocks=1, memory_batch_size=8,
     verbose=False,
 )
@@ -48,6 +49,11 @@ def test_bench_fmri_tiny_table(tmp_path, capsys):
     assert printed.strip() == format_table(on_disk).strip()  # one table, nothing else on stdout
     # The two runs of (a) compute the same thing: same weights, batches and RNG.
     assert max(on_disk["details"]["speed"]["loss_max_abs_diff_per_rep"]) < 1e-3
+    # The verdict's ratio is the median of the per-repetition ratios, not the ratio of the medians.
+    speed = on_disk["details"]["speed"]
+    per_rep = sorted(lb / bb for lb, bb in zip(speed["lightning_ms_per_rep"], speed["bare_ms_per_rep"]))
+    step = next(r for r in on_disk["rows"] if r["key"] == "step_ratio")
+    assert len(per_rep) == 3 and step["value"] == pytest.approx(statistics.median(per_rep))
     assert on_disk["config"]["memory_scale"] == 2
 
 

@@ -179,7 +179,11 @@ def _rows(speed: dict, memory: dict, config: dict) -> list[dict[str, Any]]:
     rows = [
         ("step_ms_bare", f"(a) bare PyTorch step, median of {reps}", speed["bare_ms"], "ms"),
         ("step_ms_lightning", f"(a) Lightning step, median of {reps}", speed["lightning_ms"], "ms"),
-        ("step_ratio", "(a) Lightning / bare step time", speed["lightning_ms"] / speed["bare_ms"], "x"),
+        # The verdict uses the median of the per-repetition ratios (each pair run back to back, ABBA),
+        # so one noisy repetition cannot flip it; the ratio of the two medians is shown beside it.
+        ("step_ratio", "(a) Lightning / bare, median of per-rep ratios", speed["paired_ratio_median"], "x"),
+        ("step_ratio_of_medians", "(a) Lightning / bare, ratio of medians", speed["lightning_ms"] / speed["bare_ms"],
+         "x"),
         ("tiny_step_ratio", "(a) Lightning / bare, width-32 model", speed["tiny_step_ratio"], "x"),
         ("implied_step_ratio", f"(a) 1 + its overhead ({speed['tiny_overhead_ms']:.1f} ms) / bare step",
          1.0 + speed["tiny_overhead_ms"] / speed["bare_ms"], "x"),
