@@ -130,6 +130,9 @@ def _read_npz_member_header(path: Path, rel: str, name: str) -> tuple[tuple[int,
 
 def _read_embedding_ids(path: Path, rel: str) -> np.ndarray:
     shape, dtype = _read_npz_member_header(path, rel, "ids")
+    if dtype.kind not in "UiuS":  # object arrays need pickle, which is never loaded
+        raise DataError(f"{rel}: 'ids' has dtype {dtype} (a pickled object array); fix: store them as strings, "
+                        f"np.savez(path, ids=np.asarray(ids, dtype=str), embeddings=...)")
     with np.load(path, allow_pickle=False) as f:
         ids = f["ids"]
     if ids.ndim != 1:

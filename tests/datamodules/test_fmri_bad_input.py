@@ -129,6 +129,16 @@ def test_missing_embeddings_for_a_stimulus(tmp_path, raw):
     _assert_clean(tmp_path)
 
 
+def test_embedding_ids_saved_as_objects(tmp_path, raw):
+    # np.savez of a list of Python strings with mixed types gives an object array: readable only with pickle.
+    with np.load(raw / "embeddings" / "image.npz") as f:
+        ids, emb = f["ids"], f["embeddings"]
+    np.savez(raw / "embeddings" / "image.npz", ids=np.array(list(ids), dtype=object), embeddings=emb)
+    with pytest.raises(DataError, match=r"embeddings/image\.npz: 'ids' has dtype object .*fix: store them as strings"):
+        prepare_fmri(raw, tmp_path / "prep", val_fraction=0.25)
+    _assert_clean(tmp_path)
+
+
 def test_datamodule_missing_or_unprepared_dir(tmp_path):
     with pytest.raises(DataError, match=r"prepared fMRI dataset folder not found; fix: run `litbrain fmri prepare`"):
         FmriDataModule(str(tmp_path / "nope"))
