@@ -31,7 +31,12 @@ def test_quick_benchmark_prints_the_table(capsys, library):
     assert (c["img_size"], c["grid"], c["window"], c["keep"]) == ((36, 36), (9, 9), 3, 20)
     assert rows["dense"]["vs_dense"] == 1.0
     assert set(result["bars"]) == set(BARS)
-    assert "images/s" in printed and "vs dense" in printed
+    assert "images/s" in printed and "vs dense" in printed and "of peak" in printed
+    # FLOPs by torch's counter: dense counts every patch, and dropping to 17 tokens must count fewer.
+    assert rows["MustDrop stage 1"]["gflop_per_batch"] < rows["dense"]["gflop_per_batch"]
+    for r in rows.values():
+        assert r["gflops"] == pytest.approx(r["gflop_per_batch"] * r["images_per_s"] / c["batch"])
+        assert r["of_fp32_peak"] == pytest.approx(r["gflops"] / c["fp32_peak_gflops"]) and r["of_fp32_peak"] > 0
     assert "image 36x36 px" in printed and "grid 9x9" in printed and "window 3x3" in printed
 
 

@@ -72,6 +72,7 @@ def run(args: argparse.Namespace, library: str = "timm") -> dict[str, Any]:
     """Measure one tower; returns ``{"rows": [...], "bars": {...}, "config": {...}}``."""
     import torch
 
+    from litbrain.benchmarks.common import count_flops, matmul_peak
     from litbrain.nn.vision_reduction import VisionTokenReducer
 
     if args.threads:
@@ -114,8 +115,17 @@ def run(args: argparse.Namespace, library: str = "timm") -> dict[str, Any]:
                 times[name].append(time.perf_counter() - t0)
 
     ips = {name: batch / statistics.median(ts) for name, ts in times.items()}
+    # Achieved GFLOP/s against this machine's fp32 matmul peak, measured in the same run at the
+    # same thread count (issue 20: every benchmark reports its peak fraction beside its time).
+    with torch.inference_mode():
+        flops = {name: count_flops(fn) for name, fn in methods.items()}
+    n_threads = torch.get_num_threads()
+    peak = matmul_peak(dtypes=("float32",), thread_counts=(n_threads,), sizes=(512,) if args.quick else (1024, 2048),
+                       reps=1 if args.quick else 5)[f"float32/{n_threads}t"]
     rows = [
-        {"method": name, "kept_tokens": kept[name], "images_per_s": ips[name], "vs_dense": ips[name] / ips["dense"]}
+        {"method": name, "kept_tokens": kept[name], "images_per_s": ips[name], "vs_dense": ips[name] / ips["dense"],
+         "gflop_per_batch": flops[name] / 1e9, "gflops": flops[name] * ips[name] / batch / 1e9,
+         "of_fp32_peak": flops[name] * ips[name] / batch / 1e9 / peak}
         for name in methods
     ]
     measured = {
@@ -131,7 +141,7 @@ def run(args: argparse.Namespace, library: str = "timm") -> dict[str, Any]:
         "model": f"tiny {library} ViT (quick)" if args.quick else (args.model if library == "timm" else args.open_clip_model),
         "batch": batch, "img_size": img, "grid": grid, "patches": n_patch, "keep": keep,
         "mustdrop_kept": mustdrop_kept, "tome_keep": mustdrop_kept, "window": window, "merge_layer": args.merge_layer,
-        "reps": reps, "threads": torch.get_num_threads(),
+        "reps": reps, "threads": torch.get_num_threads(), "fp32_peak_gflops": peak,
     }
     return {"rows": rows, "bars": bars, "config": config}
 
@@ -144,11 +154,12 @@ def format_table(result: dict[str, Any]) -> str:
         f"window {w}x{w}, batch {c['batch']}",
         f"MustDrop stage 1: budget {c['keep']} ({c['keep'] / c['patches']:.0%}) after block {c['merge_layer']} -> "
         f"{c['mustdrop_kept']} tokens; ToMe at keep {c['tome_keep']}; "
-        f"median of {c['reps']} interleaved reps, {c['threads']} threads",
-        f"{'method':<18}{'kept tokens':>12}{'images/s':>12}{'vs dense':>10}",
+        f"median of {c['reps']} interleaved reps, {c['threads']} threads; fp32 matmul peak {c['fp32_peak_gflops']:.0f} GFLOP/s",
+        f"{'method':<18}{'kept tokens':>12}{'images/s':>12}{'vs dense':>10}{'GFLOP/s':>10}{'of peak':>9}",
     ]
     for r in result["rows"]:
-        lines.append(f"{r['method']:<18}{r['kept_tokens']:>12.1f}{r['images_per_s']:>12.2f}{r['vs_dense']:>9.2f}x")
+        lines.append(f"{r['method']:<18}{r['kept_tokens']:>12.1f}{r['images_per_s']:>12.2f}{r['vs_dense']:>9.2f}x"
+                     f"{r['gflops']:>10.1f}{r['of_fp32_peak']:>9.0%}")
     for key, b in result["bars"].items():
         lines.append(f"bar {key}: {b['value']:.2f} (want {b['bar']}) {'PASS' if b['ok'] else 'FAIL'}")
     return "\n".join(lines)
