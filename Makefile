@@ -8,7 +8,7 @@ export TOKENIZERS_PARALLELISM := false
 # Tests and the demo run on CPU; keep BLAS from oversubscribing 2 cores.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo nsd-demo seeg-demo seeg-few-labels test test-fast bench bench-nsd bench-seeg bench-vit bench-vlm \
+.PHONY: install demo nsd-demo seeg-demo seeg-few-labels encoding-demo test test-fast bench bench-nsd bench-seeg bench-vit bench-vlm \
   clean-demo
 
 install: $(STAMP)
@@ -44,6 +44,24 @@ nsd-demo: $(STAMP)
 	$(BIN)/litbrain fmri evaluate --config configs/fmri/evaluate_nsd_demo.yaml
 
 # Du-IN's three stages on synthetic BIDS-iEEG, plus the no-pretraining baseline, then the table.
+# Encoding models (LLM-VEM) on the synthetic world: lambda = 0 and lambda = 0.1, three seeds each, against
+# himalaya ridge, banded ridge and the oracle; then sub-03 as one more readout on 10% of its trials vs scratch.
+ENC := runs/encoding_demo
+encoding-demo: $(STAMP)
+	$(BIN)/litbrain encoding synthesize --config configs/encoding/synthetic_demo.yaml
+	$(BIN)/litbrain encoding prepare --config configs/encoding/prepare_demo.yaml
+	for s in 0 1 2; do \
+	  $(BIN)/litbrain fit --config configs/encoding/demo.yaml --seed_everything $$s \
+	    --trainer.default_root_dir $(ENC)/lambda0.1_seed$$s || exit 1; \
+	  $(BIN)/litbrain fit --config configs/encoding/demo.yaml --seed_everything $$s \
+	    --model.init_args.alignment_weight 0 --trainer.default_root_dir $(ENC)/lambda0_seed$$s || exit 1; \
+	done
+	$(BIN)/litbrain encoding evaluate --config configs/encoding/evaluate_demo.yaml
+	$(BIN)/litbrain fit --config configs/encoding/new_subject.yaml
+	$(BIN)/litbrain fit --config configs/encoding/new_subject.yaml --model.init_args.init_from null \
+	  --model.init_args.freeze none --trainer.default_root_dir $(ENC)/new_subject_scratch
+	$(BIN)/litbrain encoding evaluate --config configs/encoding/evaluate_new_subject.yaml
+
 seeg-demo: $(STAMP)
 	$(BIN)/litbrain seeg synthesize --config configs/seeg/synthetic_demo.yaml
 	$(BIN)/litbrain seeg prepare --config configs/seeg/prepare_demo.yaml

@@ -157,9 +157,12 @@ def prepare_encoding(
         raise DataError(f"{emb}: description embeddings not found; fix: embed descriptions.tsv with a text encoder "
                         f"(npz with arrays 'ids' and 'embeddings') or pass description_embeddings=<path>")
     out = prepare_fmri(raw, out_dir, subjects=subjects, val_fraction=val_fraction, int16_divisor=int16_divisor,
-                       image_embeddings=image_embeddings, text_embeddings=str(emb), zscore=True, seed=seed,
+                       image_embeddings=image_embeddings, text_embeddings=str(description_embeddings), zscore=True, seed=seed,
                        overwrite=overwrite)
     manifest = json.loads((out / "manifest.json").read_text())
+    if not manifest.get("text_embedding_dim"):  # prepare skips a text file it cannot find: here it is required
+        raise DataError(f"{out / 'manifest.json'}: prepared without description embeddings; fix: re-run with "
+                        f"--overwrite true and description_embeddings={emb}")
     info_path = out / "encoding.json"
     if info_path.is_file():
         try:
