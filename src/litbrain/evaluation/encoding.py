@@ -174,6 +174,7 @@ def evaluate_encoding(
     subjects: Optional[list[str]] = None,
     ridge_alphas: list[float] = [1e-2, 1e-1, 1.0, 1e1, 1e2, 1e3, 1e4, 1e5],
     banded_iterations: int = 20,
+    baseline_train_fraction: float = 1.0,
     figures: bool = True,
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -188,12 +189,17 @@ def evaluate_encoding(
         subjects: subjects to score (default: those of the data that every model knows).
         ridge_alphas: himalaya's alpha grid (features z-scored with training statistics).
         banded_iterations: random-search iterations of ``GroupRidgeCV`` over the band weights.
+        baseline_train_fraction: fit the ridge baselines on the first fraction of each subject's training
+            trials only (session order, as the datamodule's ``train_fraction``; the val rows are then left
+            out too), to compare with a model trained on that share; 1 = train + val rows.
         figures: write the r map and r-vs-noise-ceiling figures of the first model row.
         seed: seed of the banded ridge's random search.
     """
     from litbrain.datamodules.encoding.prepare import read_encoding_info
 
     data = Path(data_dir)
+    if not 0.0 < float(baseline_train_fraction) <= 1.0:
+        raise DataError(f"baseline_train_fraction={baseline_train_fraction}: must be in (0, 1]; fix: e.g. 0.1 or 1.0")
     info = read_encoding_info(data)
     manifest = json.loads((data / "manifest.json").read_text())
     if not models:
@@ -241,9 +247,12 @@ def evaluate_encoding(
                 if s not in r_maps:  # the figures show the first model of the first row
                     r_maps[s] = (r, nc)
             res[label] = seeds
-        # ridge baselines on train + val rows (himalaya picks alpha by 5-fold CV)
-        x_fit = np.concatenate([st_tr, st_va])
-        y_fit = np.concatenate([y_tr, y_va])
+        # ridge baselines on train + val rows (himalaya picks alpha by 5-fold CV), or on the same share as the model
+        if baseline_train_fraction < 1.0:
+            keep = max(5, int(round(float(baseline_train_fraction) * st_tr.size)))
+            x_fit, y_fit = st_tr[:keep], y_tr[:keep]
+        else:
+            x_fit, y_fit = np.concatenate([st_tr, st_va]), np.concatenate([y_tr, y_va])
         preds = fit_ridge_baselines(img[x_fit], txt[x_fit] if txt is not None else None, y_fit, img[st_test],
                                     txt[st_test] if txt is not None else None, alphas, banded_iterations, seed)
         for name, p in preds.items():
@@ -271,7 +280,7 @@ def evaluate_encoding(
                                "seeds_mean_score": by_seed.get("mean_score")}
         rows.append(row)
     summary: dict[str, Any] = {"split": "test", "subjects": chosen, "rows": rows, "per_subject": per_subject,
-                               "models": models}
+                               "models": models, "baseline_train_fraction": float(baseline_train_fraction)}
     by = {r["method"]: r for r in rows}
     if "oracle" in by and np.isfinite(by["oracle"]["mean_score"]):
         summary["over_oracle"] = {m: by[m]["mean_score"] / by["oracle"]["mean_score"] for m in models}
@@ -290,7 +299,9 @@ def evaluate_encoding(
                                 shape, first)
 
     print(f"\ntest split (shared images, repeats averaged), subjects {', '.join(chosen)}: "
-          f"noise-normalised score 100 r^2/NC (%), mean over voxels then subjects")
+          f"noise-normalised score 100 r^2/NC (%), mean over voxels then subjects"
+          + (f"; ridge rows fitted on {baseline_train_fraction:g} of the training trials"
+             if baseline_train_fraction < 1.0 else ""))
     print(format_encoding_table(rows))
     for key, text in (("over_oracle", "of the oracle's score"), ("over_ridge", "points over ridge")):
         for m, v in summary.get(key, {}).items():
