@@ -44,18 +44,16 @@ nsd-demo: $(STAMP)
 	$(BIN)/litbrain fmri evaluate --config configs/fmri/evaluate_nsd_demo.yaml
 
 # Du-IN's three stages on synthetic BIDS-iEEG, plus the no-pretraining baseline, then the table.
-# Encoding models (LLM-VEM) on the synthetic world: lambda = 0 and lambda = 0.1, three seeds each, against
+# Encoding models (LLM-VEM) on the synthetic world: lambda = 0, 0.1 and 0.3 (chosen on val), three seeds each, against
 # himalaya ridge, banded ridge and the oracle; then sub-03 as one more readout on 10% of its trials vs scratch.
 ENC := runs/encoding_demo
 encoding-demo: $(STAMP)
 	$(BIN)/litbrain encoding synthesize --config configs/encoding/synthetic_demo.yaml
 	$(BIN)/litbrain encoding prepare --config configs/encoding/prepare_demo.yaml
-	for s in 0 1 2; do \
+	for s in 0 1 2; do for w in 0 0.1 0.3; do \
 	  $(BIN)/litbrain fit --config configs/encoding/demo.yaml --seed_everything $$s \
-	    --trainer.default_root_dir $(ENC)/lambda0.1_seed$$s || exit 1; \
-	  $(BIN)/litbrain fit --config configs/encoding/demo.yaml --seed_everything $$s \
-	    --model.init_args.alignment_weight 0 --trainer.default_root_dir $(ENC)/lambda0_seed$$s || exit 1; \
-	done
+	    --model.init_args.alignment_weight $$w --trainer.default_root_dir $(ENC)/lambda$${w}_seed$$s || exit 1; \
+	done; done
 	$(BIN)/litbrain encoding evaluate --config configs/encoding/evaluate_demo.yaml
 	$(BIN)/litbrain fit --config configs/encoding/new_subject.yaml
 	$(BIN)/litbrain fit --config configs/encoding/new_subject.yaml --model.init_args.init_from null \

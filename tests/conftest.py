@@ -107,7 +107,7 @@ def tiny_encoding_prepared(tiny_encoding_raw) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_encoding_checkpoint(tiny_encoding_prepared, tmp_path_factory) -> Path:
-    """The encoding model (lambda 0.1) fitted on sub-01 and sub-02 through the real CLI and demo recipe."""
+    """The encoding model (the demo recipe: lambda 0.3) fitted on sub-01 and sub-02 through the real CLI and demo recipe."""
     from litbrain.cli import main
     from tests.helpers.encoding import encoding_fit_args
 

@@ -21,11 +21,11 @@ TINY_VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 24, "depth": 1, "num_h
 
 def test_evaluate_prints_the_table_and_writes_the_r_map(tiny_encoding_checkpoint, tiny_encoding_prepared,
                                                        tiny_encoding_raw, tmp_path, capsys):
-    models = json.dumps({"lambda=0.1": [str(tiny_encoding_checkpoint), str(tiny_encoding_checkpoint)]})
+    models = json.dumps({"lambda=0.3": [str(tiny_encoding_checkpoint), str(tiny_encoding_checkpoint)]})
     main(["encoding", "evaluate", "--data_dir", str(tiny_encoding_prepared), "--models", models, "--raw_dir",
           str(tiny_encoding_raw), "--out_dir", str(tmp_path), "--subjects", "[sub-01]", "--banded_iterations", "5"])
     out = capsys.readouterr().out
-    for method in ("lambda=0.1", "ridge", "banded ridge", "oracle"):
+    for method in ("lambda=0.3", "ridge", "banded ridge", "oracle"):
         assert f"\n{method} " in out
     assert "+- 0.0" in out  # two seeds (the same checkpoint twice): mean +- s.d. over seeds
     metrics = json.loads((tmp_path / "metrics.json").read_text())
