@@ -49,6 +49,11 @@ def test_ncsnr_and_ceiling_equal_the_nsd_formulas(fixed_case):
     # a mixed number of trials per image: 1/n is the mean of 1/n_i (NSD's (A/3 + B/2 + C/1)/(A+B+C))
     np.testing.assert_allclose(noise_ceiling(ncsnr, [3, 3, 2, 1]),
                                100 * ncsnr ** 2 / (ncsnr ** 2 + (2 / 3 + 1 / 2 + 1) / 4), rtol=1e-10)
+    # betas that are not z-scored: the repeat trials' own variance takes the place of 1
+    own = ncsnr_from_repeats(trials, stim, unit_variance=False)
+    noise_var = np.mean(np.var(betas, axis=1, ddof=1), axis=0)
+    total = np.var(betas.reshape(-1, n_vox), axis=0, ddof=1)
+    np.testing.assert_allclose(own, np.sqrt(np.clip(total - noise_var, 0, None)) / np.sqrt(noise_var), rtol=1e-10)
     # stimuli shown once do not enter the noise estimate
     extra = np.vstack([trials, np.full((1, n_vox), 50.0)])
     np.testing.assert_allclose(ncsnr_from_repeats(extra, np.r_[stim, n_img]), want_ncsnr, rtol=1e-10)

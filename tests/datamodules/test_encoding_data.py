@@ -48,7 +48,8 @@ def test_the_oracle_is_the_true_forward_model_and_reaches_the_noise_ceiling(tiny
     d = tiny_encoding_prepared / "sub-01"
     test = np.load(d / "test_brain.npy").astype(np.float64)
     oracle = encoding_oracle(tiny_encoding_raw, tiny_encoding_prepared, "sub-01")
-    nc = noise_ceiling(ncsnr_from_repeats(np.load(d / "repeats_brain.npy"), np.load(d / "repeats_stimulus.npy")), 3)
+    nc = noise_ceiling(ncsnr_from_repeats(np.load(d / "repeats_brain.npy"), np.load(d / "repeats_stimulus.npy"),
+                                          unit_variance=False), 3)
     r = voxel_correlation(oracle, test)
     summary = summarize_scores(r, nc)
     # its r^2 is, on average, the explainable variance: the normalised score is near 100 (sampling noise of 40 images)

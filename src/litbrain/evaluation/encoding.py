@@ -71,7 +71,9 @@ def subject_noise_ceiling(data_dir: str | Path, subject: str) -> np.ndarray | No
         stim = np.load(d / "repeats_stimulus.npy")
         counts = dict(zip(*np.unique(stim, return_counts=True)))
         n = np.array([counts.get(int(s), 1) for s in test_stim])
-        ncsnr = ncsnr_from_repeats(np.load(rep_f).astype(np.float64), stim, where=str(rep_f))
+        # prepare z-scores with training statistics only, so the test trials' variance is not exactly 1 (NSD
+        # z-scores whole sessions): the signal variance is the repeat trials' own variance minus the noise's.
+        ncsnr = ncsnr_from_repeats(np.load(rep_f).astype(np.float64), stim, unit_variance=False, where=str(rep_f))
         return noise_ceiling(ncsnr, n)
     if (d / "ncsnr.npy").is_file():  # NSD's own ncsnr (prepare copies it), test rows of unknown repeat count
         _note(f"{subject}: no repeated trials kept; noise ceiling from {d / 'ncsnr.npy'} with n=1 per image")
