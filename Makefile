@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 # quiet and 0.39x when another job shares it (OpenMP barriers stall); README "Threads" has the figures.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install demo nsd-demo seeg-demo seeg-few-labels test test-fast bench bench-nsd bench-seeg bench-vit bench-vlm \
+.PHONY: install demo nsd-demo seeg-demo seeg-few-labels encoding-demo test test-fast bench bench-nsd bench-seeg bench-vit bench-vlm \
   clean-demo
 
 install: $(STAMP)
@@ -46,6 +46,22 @@ nsd-demo: $(STAMP)
 	$(BIN)/litbrain fmri evaluate --config configs/fmri/evaluate_nsd_demo.yaml
 
 # Du-IN's three stages on synthetic BIDS-iEEG, plus the no-pretraining baseline, then the table.
+# Encoding models (LLM-VEM) on the synthetic world: lambda = 0, 0.1 and 0.3 (chosen on val), three seeds each, against
+# himalaya ridge, banded ridge and the oracle; then sub-03 as one more readout on 10% of its trials vs scratch.
+ENC := runs/encoding_demo
+encoding-demo: $(STAMP)
+	$(BIN)/litbrain encoding synthesize --config configs/encoding/synthetic_demo.yaml
+	$(BIN)/litbrain encoding prepare --config configs/encoding/prepare_demo.yaml
+	for s in 0 1 2; do for w in 0 0.1 0.3; do \
+	  $(BIN)/litbrain fit --config configs/encoding/demo.yaml --seed_everything $$s \
+	    --model.init_args.alignment_weight $$w --trainer.default_root_dir $(ENC)/lambda$${w}_seed$$s || exit 1; \
+	done; done
+	$(BIN)/litbrain encoding evaluate --config configs/encoding/evaluate_demo.yaml
+	$(BIN)/litbrain fit --config configs/encoding/new_subject.yaml
+	$(BIN)/litbrain fit --config configs/encoding/new_subject.yaml --model.init_args.init_from null \
+	  --model.init_args.freeze none --trainer.default_root_dir $(ENC)/new_subject_scratch
+	$(BIN)/litbrain encoding evaluate --config configs/encoding/evaluate_new_subject.yaml
+
 seeg-demo: $(STAMP)
 	$(BIN)/litbrain seeg synthesize --config configs/seeg/synthetic_demo.yaml
 	$(BIN)/litbrain seeg prepare --config configs/seeg/prepare_demo.yaml

@@ -27,6 +27,8 @@ _LAZY = {
     "prepare_seeg": "seeg.prepare", "read_seeg_file": "seeg.prepare", "list_bids_subjects": "seeg.prepare",
     "synthesize_seeg": "seeg.synthetic", "load_seeg_truth": "seeg.synthetic", "seeg_oracle_accuracy": "seeg.synthetic",
     "seeg_word_labels": "seeg.synthetic",
+    "EncodingDataModule": "encoding.datamodule", "prepare_encoding": "encoding.prepare",
+    "synthesize_encoding": "encoding.synthetic", "encoding_oracle": "encoding.synthetic",
     "VqaDataModule": "vqa.datamodule", "world_tokenizer": "vqa.synthetic", "make_item": "vqa.synthetic",
     "render_scene": "vqa.synthetic", "vqa_chance_accuracy": "vqa.synthetic",
 }

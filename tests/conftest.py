@@ -87,3 +87,30 @@ def tiny_seeg_prepared(tiny_seeg_bids) -> Path:
     from litbrain.datamodules import prepare_seeg
 
     return prepare_seeg(tiny_seeg_bids, tiny_seeg_bids.parent / "prepared", **TINY_SEEG_PREPARE)
+
+
+# Encoding models (image -> voxels): a tiny world (tests/helpers/encoding.py), prepared, and a model fitted on it.
+@pytest.fixture(scope="session")
+def tiny_encoding_raw(tmp_path_factory) -> Path:
+    from litbrain.datamodules import synthesize_encoding
+    from tests.helpers.encoding import TINY_ENCODING
+
+    return synthesize_encoding(tmp_path_factory.mktemp("enc") / "raw", **TINY_ENCODING)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoding_prepared(tiny_encoding_raw) -> Path:
+    from litbrain.datamodules import prepare_encoding
+
+    return prepare_encoding(tiny_encoding_raw, tiny_encoding_raw.parent / "prepared")
+
+
+@pytest.fixture(scope="session")
+def tiny_encoding_checkpoint(tiny_encoding_prepared, tmp_path_factory) -> Path:
+    """The encoding model (the demo recipe: lambda 0.3) fitted on sub-01 and sub-02 through the real CLI and demo recipe."""
+    from litbrain.cli import main
+    from tests.helpers.encoding import encoding_fit_args
+
+    run = tmp_path_factory.mktemp("enc_run")
+    main(encoding_fit_args(tiny_encoding_prepared, run, "--data.init_args.subjects", "[sub-01, sub-02]"))
+    return run / "checkpoints" / "last.ckpt"

@@ -57,6 +57,28 @@ def raw_3d(tmp_path_factory):
     return raw
 
 
+@pytest.fixture(scope="module")
+def encoding_inputs(tiny_encoding_raw, tiny_encoding_prepared, tmp_path_factory):
+    """Bad inputs of the encoding family: short features, descriptions lacking ids, an unreadable image."""
+    import numpy as np
+
+    from litbrain.nn.voxel_encoder import VoxelEncoder, VoxelEncoderConfig
+    from litbrain.release import save_release
+
+    d = tmp_path_factory.mktemp("enc_bad")
+    with np.load(tiny_encoding_raw / "embeddings" / "image.npz") as f:
+        np.savez(d / "short.npz", ids=f["ids"][:-5], embeddings=f["embeddings"][:-5])
+    lines = (tiny_encoding_raw / "descriptions.tsv").read_text().splitlines(keepends=True)
+    (d / "descriptions.tsv").write_text("".join(lines[:-3]))
+    (d / "images").mkdir()
+    (d / "images" / "broken.png").write_bytes(b"\x89PNG not really")
+    n = int(np.load(tiny_encoding_prepared / "sub-01" / "voxel_ijk.npy").shape[0])
+    release = save_release(VoxelEncoder(VoxelEncoderConfig(subjects={"sub-01": n}, feature_shape=[24], width=4,
+                                                           image_encoder="timm:vit_tiny_patch16_224")), d / "release")
+    return {"{encraw}": str(tiny_encoding_raw), "{encprep}": str(tiny_encoding_prepared), "{encbad}": str(d),
+            "{encrelease}": str(release)}
+
+
 # name -> (argv, what the one line must say); {tmp} is the test's folder, {prepared} the tiny prepared set.
 CASES = {
     # fMRI
@@ -114,6 +136,20 @@ CASES = {
                                          "{seeg}", "--model.init_args.mask_ratio", "1.5",
                                          "--trainer.default_root_dir", "{tmp}/run"],
                                         "model.mask_ratio=1.5; fix: a value in (0, 1)"),
+    # encoding models
+    "encoding prepare: features for fewer stimuli": (["encoding", "prepare", "--raw_dir", "{encraw}", "--out_dir",
+                                                      "{tmp}/prepared", "--image_embeddings", "{encbad}/short.npz"],
+                                                     "no embedding for 5 stimulus id(s) of stimuli.tsv"),
+    "encoding prepare: descriptions lack ids": (["encoding", "prepare", "--raw_dir", "{encraw}", "--out_dir",
+                                                 "{tmp}/prepared", "--descriptions", "{encbad}/descriptions.tsv"],
+                                                "no description for 3 stimulus id(s) of stimuli.tsv"),
+    "encoding synthesize-responses: unreadable image": (["encoding", "synthesize-responses", "--checkpoint",
+                                                         "{encrelease}", "--data_dir", "{encprep}", "--images_dir",
+                                                         "{encbad}/images", "--subject", "sub-01", "--out_dir",
+                                                         "{tmp}/res"], "broken.png: cannot be read as an image"),
+    "encoding evaluate: missing checkpoint": (["encoding", "evaluate", "--data_dir", "{encprep}", "--models",
+                                               '{"m": ["{encbad}/nothing.ckpt"]}', "--out_dir", "{tmp}/res"],
+                                              "nothing.ckpt"),
     # VLM
     "vlm fit: unknown dropping method": (["fit", "--config", str(REPO / "configs/vlm/synthetic_demo.yaml"),
                                           "--model.init_args.net.dropping.method", "random"], "dropping.method"),
@@ -126,14 +162,14 @@ CASES = {
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_every_bad_input_is_one_line_naming_the_cause_and_the_fix(name, tmp_path, capsys, tiny_prepared, raw_3d,
-                                                                  tiny_seeg_prepared):
+                                                                  tiny_seeg_prepared, encoding_inputs):
     argv, expected = CASES[name]
     typo = tmp_path / "typo.yaml"
     typo.write_text("trainer:\n  max_epoch: 3\n")
     text = tmp_path / "notes.ckpt"
     text.write_text("these are my notes, not a checkpoint\n")
     fill = {"{tmp}": str(tmp_path), "{prepared}": str(tiny_prepared), "{raw3d}": str(raw_3d), "{typo}": str(typo),
-            "{text}": str(text), "{seeg}": str(tiny_seeg_prepared)}
+            "{text}": str(text), "{seeg}": str(tiny_seeg_prepared), **encoding_inputs}
 
     def sub(a: str) -> str:
         for k, v in fill.items():
@@ -145,7 +181,7 @@ def test_every_bad_input_is_one_line_naming_the_cause_and_the_fix(name, tmp_path
     err = [ln for ln in capsys.readouterr().err.strip().splitlines() if not ln.startswith("[20")]  # DeepSpeed's log
     assert exc.value.code == 2
     assert len(err) == 1 and "Traceback" not in err[0], err
-    verb = " ".join(argv[:2]) if argv[0] in ("fmri", "seeg", "vlm") else argv[0]
+    verb = " ".join(argv[:2]) if argv[0] in ("fmri", "seeg", "vlm", "encoding") else argv[0]
     assert err[0].startswith(f"litbrain {verb}: error: "), err[0]
     assert sub(expected) in err[0] and "fix:" in err[0], err[0]
     # nothing left behind: no release, no prepared folder, no run folder (not even Lightning's config.yaml)

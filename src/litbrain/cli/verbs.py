@@ -81,6 +81,17 @@ FAMILIES: dict[str, dict[str, Verb]] = {
         "bench": Verb("litbrain.benchmarks.seeg:bench_seeg",
                       "reading vs training-step epochs/s, Du-IN encoder throughput (configs/bench/seeg.yaml)"),
     },
+    "encoding": {
+        "synthesize": Verb("litbrain.datamodules.encoding.synthetic:synthesize_encoding",
+                           "write a synthetic encoding world: fMRI with repeats, descriptions, ROI labels, true forward model"),
+        "prepare": Verb("litbrain.datamodules.encoding.prepare:prepare_encoding",
+                        "fmri prepare + description targets, single trials of repeats (noise ceiling), ROI labels"),
+        "evaluate": Verb("litbrain.evaluation.encoding:evaluate_encoding",
+                         "noise-normalised voxel scores: encoding models vs himalaya ridge, banded ridge, oracle"),
+        "synthesize-responses": Verb("litbrain.evaluation.encoding:synthesize_responses",
+                                     "in silico: a trained encoding model's predicted responses to a folder of images, "
+                                     "one NIfTI per image"),
+    },
     "vlm": {
         "bench": Verb("litbrain.benchmarks.vlm_dropping:bench_vlm_dropping",
                       "accuracy, tokens and latency of dense/ToMe/FastV/MustDrop (configs/bench/vlm_dropping.yaml)"),
@@ -106,6 +117,7 @@ ALIASES: dict[str, tuple[str, str]] = {
 FAMILY_HELP = {
     "fmri": "fMRI decoding (MindEye2 / STTM): synthetic NSD-like world, prepare, evaluate, bench; NSD's own files",
     "seeg": "sEEG speech decoding (Du-IN): synthetic BIDS-iEEG world, prepare, evaluate, bench",
+    "encoding": "encoding models image -> voxels (LLM-VEM): synthetic world, prepare, evaluate, in-silico responses",
     "vlm": "vision-language models with vision-token dropping (MustDrop, ToMe, FastV): bench, bench-vit",
 }
 

@@ -39,6 +39,7 @@ MODEL_TYPES: dict[str, str] = {
     "duin": "litbrain.nn.duin:DuinModel",
     "vlm": "litbrain.nn.vlm:VisionLanguageModel",
     "vision_tower": "litbrain.nn.vlm:SceneVisionTower",
+    "voxel_encoder": "litbrain.nn.voxel_encoder:VoxelEncoder",
 }
 
 C = TypeVar("C", bound="ModelConfig")

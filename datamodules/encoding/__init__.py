@@ -1,0 +1,1 @@
+"""Encoding-model data (image -> voxels): the fMRI data path plus descriptions, repeats for the noise ceiling, ROIs."""
