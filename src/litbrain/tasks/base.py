@@ -115,6 +115,31 @@ class LitbrainTask(L.LightningModule):
             raise ConfigError(f"{key}={path}: weights do not fit the model (missing {bad[:3]}, unexpected "
                               f"{unexpected[:3]}); fix: use a checkpoint or release of the same architecture")
 
+    def load_per_subject_init(self, maps: str) -> None:
+        """Load ``self._init_state`` into ``self.model``; subjects new to it keep fresh maps in ``maps``.
+
+        ``maps`` is the model's per-subject module (a SubjectAdapter: ``"adapter"`` for decoders,
+        ``"readout"`` for encoding models): a subject of the data that the initial weights do not
+        hold gets a freshly initialised map there, and every other weight must load.
+        """
+        prefix = f"{maps}.maps."
+        known = {k[len(prefix):].split(".")[0] for k in self._init_state if k.startswith(prefix)}
+        key = getattr(self.model, maps)._key
+        new = [f"{prefix}{key(s)}." for s in self.net.subjects if key(s) not in known]
+        self.load_weights(self.model, self._init_state, "model.init_from", self.hparams.init_from, new)
+
+    def add_checkpoint_subjects(self, checkpoint: dict[str, Any], unit: str) -> None:
+        """Before a checkpoint's weights load: give the model every subject it holds (same sizes for shared ones)."""
+        saved = (checkpoint.get("hyper_parameters", {}).get("net") or {}).get("subjects") or {}
+        if self.model is None or not saved:
+            return
+        current = self.model.subjects
+        merged = merge_subjects(saved, current, "checkpoint", unit)
+        for s, n in saved.items():
+            if s not in current:
+                self.model.add_subject(s, int(n))
+        self.net = self.net.replace(subjects=merged)
+
     # ------------------------------------------------------------------ evaluation helpers
     @staticmethod
     def subject_of(batch: dict[str, Any]) -> str:

@@ -151,22 +151,12 @@ class EncodingTask(LitbrainTask):
             self.setup("fit")
         self.model = VoxelEncoder(self.net)
         if self._init_state is not None:
-            known = {k.split(".")[2] for k in self._init_state if k.startswith("readout.maps.")}
-            key = self.model.readout._key
-            new = [f"readout.maps.{key(s)}." for s in self.net.subjects if key(s) not in known]
-            self.load_weights(self.model, self._init_state, "model.init_from", self.hparams.init_from, new)
+            self.load_per_subject_init("readout")
         if self.hparams.freeze == "all_but_readouts":
             freeze_all_but_adapters(self.model, self._data_subjects or None)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        saved = (checkpoint.get("hyper_parameters", {}).get("net") or {}).get("subjects") or {}
-        if self.model is None or not saved:
-            return
-        merged = merge_subjects(saved, self.model.subjects, "checkpoint", "voxels")
-        for s, n in saved.items():
-            if s not in self.model.subjects:
-                self.model.add_subject(s, int(n))
-        self.net = self.net.replace(subjects=merged)
+        self.add_checkpoint_subjects(checkpoint, "voxels")
 
     # ------------------------------------------------------------------ training
     def forward(self, features: dict[str, torch.Tensor]) -> dict[str, Any]:

@@ -180,25 +180,14 @@ class FmriDecodingTask(LitbrainTask):
             self.setup("fit")
         self.model = BrainDecoder(self.net)
         if self._init_state is not None:
-            known = {k.split(".")[2] for k in self._init_state if k.startswith("adapter.maps.")}
-            key = self.model.adapter._key
-            new = [f"adapter.maps.{key(s)}." for s in self.net.subjects if key(s) not in known]
-            self.load_weights(self.model, self._init_state, "model.init_from", self.hparams.init_from, new)
+            self.load_per_subject_init("adapter")
         if self.hparams.freeze == "all_but_adapters":
             freeze_all_but_adapters(self.model, self._data_subjects or None)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Called after configure_model and before the weights load: make sure the model has
         # every adapter the checkpoint holds, and that shared subjects agree on voxel counts.
-        saved = (checkpoint.get("hyper_parameters", {}).get("net") or {}).get("subjects") or {}
-        if self.model is None or not saved:
-            return
-        current = self.model.subjects
-        merged = merge_subjects(saved, current, "checkpoint", "voxels")
-        for s, n in saved.items():
-            if s not in current:
-                self.model.add_subject(s, int(n))
-        self.net = self.net.replace(subjects=merged)
+        self.add_checkpoint_subjects(checkpoint, "voxels")
 
     # ------------------------------------------------------------------ training
     def forward(self, brain: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
