@@ -1,10 +1,11 @@
 """Vector quantiser with EMA codebook updates, k-means initialisation and dead-code restarts.
 
-Du-IN's stage-1 tokenizer (VQ-VAE, codebook 2048 x 64, EMA decay 0.99, k-means init). Codes are
-updated by exponential moving averages of the assigned encoder outputs (van den Oord et al.,
-appendix), not by gradients; the encoder gets the straight-through gradient plus the
-commitment term. Codes that go unused for long are restarted on random encoder outputs, so
-the codebook stays alive (``rule="litbrain"``).
+The quantiser of Du-IN's stage-1 tokenizer (VQ-VAE, codebook 2048 x 64, EMA decay 0.99, k-means
+init). Codes are updated by exponential moving averages of the assigned encoder outputs (van den
+Oord et al., appendix), not by gradients; the encoder gets the straight-through gradient plus the
+commitment term. ``rule="litbrain"`` (the default; litbrain's own rule, not the authors'): EMA of
+sums and counts with Laplace smoothing, k-means++ seeding, and codes that go unused for long are
+restarted on random encoder outputs, so the codebook stays alive.
 
 ``rule="authors"`` is the quantiser of Du-IN's code (LaBraM's ``NormEMAVectorQuantizer``): inputs and
 codes on the unit sphere; each step every code that got vectors moves to
