@@ -77,10 +77,19 @@ def _table(world, runs, labels: str) -> dict[str, float]:
     return _TABLES[labels]
 
 
+def test_the_authors_network_reads_the_envelope_words_that_logistic_regression_cannot(world, runs):
+    """At 100% labels the authors' stage-3 network (here without pretraining) is far above logistic
+    regression on the voltage: the world is not linear, and the network is not broken."""
+    top1 = _table(world, runs, "100")
+    assert top1["no pretraining"] > top1["logistic regression"] + 0.2
+
+
+@pytest.mark.xfail(strict=True, reason="issue 14, NOT MET: Du-IN (three stages) 7.5% vs logistic regression 12.5% at "
+                                       "100% labels, 6.7% vs 6.7% at 20% (chance 5%)")
 def test_du_in_beats_logistic_regression_at_20_and_100_percent_labels(world, runs):
     for labels in ("100", "20"):
         top1 = _table(world, runs, labels)
-        assert top1["du-in"] > top1["logistic regression"] + 0.1
+        assert top1["du-in"] > top1["logistic regression"] + 0.05
 
 
 @pytest.mark.xfail(strict=True, reason="issue 14, NOT MET: the authors' EMA rule (no restarts) collapses to 1 of 256 "
@@ -91,7 +100,8 @@ def test_codebook_stays_alive_after_stage_one_with_the_authors_rule(world, runs)
     assert usage["usage"] > 0.5
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14, NOT MET: stage 3 reaches ~45% top-1 against an oracle of 100%")
+@pytest.mark.xfail(strict=True, reason="issue 14, NOT MET: stage 3 after stages 1-2 reaches 7.5% top-1 (45.0% "
+                                       "without pretraining) against an oracle of 100%")
 def test_stage_three_reaches_90_percent_of_the_oracle(world, runs):
     root, bids, prepared = world
     top1 = _table(world, runs, "100")
@@ -99,11 +109,13 @@ def test_stage_three_reaches_90_percent_of_the_oracle(world, runs):
     assert top1["du-in"] >= 0.9 * oracle
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14, NOT MET: with a collapsed codebook stage 2 has one target, and "
-                                       "pretraining does not beat no pretraining at 20% labels")
+@pytest.mark.xfail(strict=True, reason="issue 14, NOT MET: with a collapsed codebook stage 2 has one target; at 20% "
+                                       "labels pretrained 6.7%, no pretraining 5.8%, both at chance (5%)")
 def test_pretraining_beats_no_pretraining_at_20_percent_labels(world, runs):
     top1 = _table(world, runs, "20")
-    assert top1["du-in"] > top1["no pretraining"]
+    chance = top1["chance"]
+    assert top1["no pretraining"] > 2 * chance  # a comparison between two runs at chance shows nothing
+    assert top1["du-in"] > top1["no pretraining"] + 0.05
 
 
 def test_the_worlds_oracle_is_high_and_its_phase_integral_converged(world):

@@ -352,7 +352,10 @@ class DuinConfig(ModelConfig):
     @classmethod
     def authors(cls, **overrides: Any) -> "DuinConfig":
         """Du-IN as its authors' code builds it (sizes at 1 kHz; ``encoder`` overrides merge into the preset)."""
-        enc = dict(AUTHORS_ENCODER, **(overrides.pop("encoder", None) or {}))
+        given = overrides.pop("encoder", None) or {}
+        if isinstance(given, DuinEncoderConfig):  # a whole encoder config: take it as it is
+            return cls(**dict(AUTHORS_MODEL, encoder=given, **overrides))
+        enc = dict(AUTHORS_ENCODER, **given)
         return cls(**dict(AUTHORS_MODEL, encoder=DuinEncoderConfig(**enc), **overrides))
 
     def missing(self) -> list[str]:
