@@ -9,10 +9,11 @@ must then be updated.
 """
 
 import json
+import subprocess
+import sys
 
 import pytest
 
-from litbrain.cli import main
 from litbrain.datamodules import prepare_seeg, synthesize_seeg
 from litbrain.evaluation.seeg import codebook_usage, evaluate_seeg, load_duin
 from tests.helpers.seeg_fit import SEEG_CONFIGS
@@ -33,9 +34,13 @@ FEW = ["--data.init_args.label_fraction", "0.2"]
 
 
 def _fit(config, prepared, run, *extra, epochs):
-    main(["fit", "--config", str(SEEG_CONFIGS / "authors" / f"{config}.yaml"), "--data.init_args.data_dir", str(prepared),
+    # Each fit in its own process: one run was seen to fail inside torch's fused AdamW ("does not support
+    # differentiable=True") after several in-process fits, never in a fresh process.
+    argv = ["fit", "--config", str(SEEG_CONFIGS / "authors" / f"{config}.yaml"), "--data.init_args.data_dir", str(prepared),
           "--data.init_args.batch_size", "60", "--trainer.max_epochs", str(epochs), "--trainer.default_root_dir", str(run),
-          *SIZES, *extra])
+          *SIZES, *extra]
+    subprocess.run([sys.executable, "-c", "import sys; from litbrain.cli import main; main(sys.argv[1:])", *argv],
+                   check=True)
     return run / "checkpoints"
 
 
