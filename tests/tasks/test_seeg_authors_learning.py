@@ -18,7 +18,9 @@ from litbrain.datamodules import prepare_seeg, synthesize_seeg
 from litbrain.evaluation.seeg import codebook_usage, evaluate_seeg, load_duin
 from tests.helpers.seeg_fit import SEEG_CONFIGS
 
-pytestmark = pytest.mark.slow
+# Six CPU fits in one module fixture: ~10 min on a quiet 2-core machine, more than the suite's 900 s timeout
+# on a loaded one.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 HG_WORLD = dict(n_subjects=3, n_channels=[10, 11, 12], region_channels=[6, 7, 8], n_words=20, trials_per_word=20,
                 runs=2, sfreq=400.0, epoch_s=1.5, snr=0.03, envelope_snr=0.3, onset_jitter_s=0.05, jitter_steps=5,
