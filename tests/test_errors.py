@@ -136,6 +136,11 @@ CASES = {
                                          "{seeg}", "--model.init_args.mask_ratio", "1.5",
                                          "--trainer.default_root_dir", "{tmp}/run"],
                                         "model.mask_ratio=1.5; fix: a value in (0, 1)"),
+    "seeg synthesize: high gamma above Nyquist": (["seeg", "synthesize", "--out_dir", "{tmp}/hg", "--sfreq", "200",
+                                                    "--envelope_snr", "0.1"], "must lie in (0, Nyquist"),
+    "seeg fit: deconv strides vs patch": (["fit", "--config", str(REPO / "configs/seeg/authors/vqvae.yaml"),
+                                           "--data.init_args.data_dir", "{seeg}", "--model.init_args.net.encoder.patch_len",
+                                           "25", "--trainer.default_root_dir", "{tmp}/run"], "not patch_len 25"),
     # encoding models
     "encoding prepare: features for fewer stimuli": (["encoding", "prepare", "--raw_dir", "{encraw}", "--out_dir",
                                                       "{tmp}/prepared", "--image_embeddings", "{encbad}/short.npz"],

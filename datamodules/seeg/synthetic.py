@@ -29,6 +29,17 @@ n_basis) over ``n_basis`` bursts ``Phi`` common to all words (no shared parts).
 region contacts followed by one white-matter contact, so bipolar re-referencing along the shaft
 (anode label) yields exactly ``region_channels`` region channels.
 
+High-gamma envelope coding (``envelope_snr > 0``; off by default, and then the files are byte for
+byte those of earlier versions): each gesture also drives a high-gamma burst on the same contacts,
+``B_k = W_s @ B_k'`` times ``envelope_snr``'s scale, the gesture's Gaussian envelope times a carrier at the
+gesture's own frequency in ``hg_band`` (70-150 Hz), with one carrier phase ``theta ~ U(0, 2 pi)`` drawn
+per trial. Averaged over ``theta`` its class mean is zero: a linear model on the voltage cannot see
+it, only its amplitude envelope carries the word, as in speech sEEG. Timing variability
+(``onset_jitter_s > 0``): each trial's whole response is shifted by ``tau``, uniform on
+``jitter_steps`` equally spaced values in ``[-onset_jitter_s, +onset_jitter_s]``. Per trial::
+
+    x = A_k Phi_k(tau)^T + B_k (cos theta Psi_k(tau) + sin theta Psi'_k(tau))^T + noise
+
 Oracle: for Gaussian noise with a known covariance and known class means, the Bayes-optimal
 rule is the linear discriminant ``argmax_k <S^-1 A_k, Y> - 1/2 <S^-1 A_k, A_k G>`` with
 ``Y = X Q Phi_k`` and ``G = Phi_k^T Q Phi_k``, where ``Q`` is ``Sigma_t^-1`` with the line-noise
@@ -37,6 +48,14 @@ every contact of the raw monopolar epoch, so it upper-bounds any decoder of the 
 accuracy is measured on ``oracle_trials`` fresh trials per word and subject, drawn exactly from
 the generative model, and written to ``truth.json`` (``oracle_accuracy`` per subject and mean,
 with its standard error, and chance = 1 / n_words).
+
+With envelope coding or jitter the Bayes rule marginalises the nuisance: ``p(x | k)`` is the mean
+over the ``jitter_steps`` shifts (exact, a finite uniform prior) of the integral over ``theta`` of the
+Gaussian likelihood, whose log is ``l0 + l1 cos + l2 sin - 1/2 [1 cos sin] G [1 cos sin]^T``; the
+periodic integral is taken by the trapezoid rule on ``phase_points`` (256) phases, which converges
+exponentially fast. ``truth.json`` states how many oracle decisions change when the phase grid is
+halved (``oracle_quadrature_changed``: 0 means the decisions have converged, i.e. the reported
+accuracy is the exact Bayes accuracy on those trials).
 """
 
 from __future__ import annotations
@@ -230,6 +249,11 @@ def synthesize_seeg(
     task: str = "words",
     seed: int = 0,
     overwrite: bool = False,
+    envelope_snr: float = 0.0,
+    hg_band: Sequence[float] = (70.0, 150.0),
+    onset_jitter_s: float = 0.0,
+    jitter_steps: int = 9,
+    phase_points: int = 256,
 ) -> Path:
     """Write a synthetic BIDS-iEEG word-production dataset with known ground truth; return its root.
 
@@ -265,12 +289,23 @@ def synthesize_seeg(
         task: BIDS task label.
         seed: Random seed; the same arguments give identical files.
         overwrite: Replace ``out_dir`` if it exists with other parameters.
+        envelope_snr: RMS of the high-gamma word signal on region contacts / a contact's own noise
+            RMS; 0 (default) = no envelope coding.
+        hg_band: Carrier frequencies of the gestures' high-gamma bursts (Hz), spread over this band;
+            must lie below Nyquist.
+        onset_jitter_s: Maximum shift of a trial's response relative to its event onset (s); 0 = none.
+        jitter_steps: Number of equally spaced shifts in ``[-onset_jitter_s, onset_jitter_s]``.
+        phase_points: Phase grid of the oracle's integral over the carrier phase.
 
     Returns:
         The BIDS root.
     """
     out = Path(out_dir)
     params = {k: v for k, v in locals().items() if k not in ("out_dir", "overwrite", "out")}
+    nuisance = envelope_snr > 0 or onset_jitter_s > 0
+    if not nuisance:  # the files of the linear-Gaussian world stay those of earlier versions, byte for byte
+        for k in ("envelope_snr", "hg_band", "onset_jitter_s", "jitter_steps", "phase_points"):
+            params.pop(k)
     params = json.loads(json.dumps(params, default=list))
     if out.exists() and not overwrite:
         try:
@@ -288,6 +323,12 @@ def synthesize_seeg(
         raise DataError(f"synthesize_seeg: format={format!r}; fix: use 'BrainVision' or 'EDF'")
     if not regions:
         raise DataError("synthesize_seeg: regions is empty; fix: name at least one region, e.g. ['vSMC', 'STG']")
+    if envelope_snr < 0 or onset_jitter_s < 0 or jitter_steps < 1 or phase_points < 8:
+        raise DataError("synthesize_seeg: envelope_snr and onset_jitter_s must be >= 0, jitter_steps >= 1 and "
+                        "phase_points >= 8; fix: pass such values")
+    if envelope_snr > 0 and not (0 < hg_band[0] < hg_band[1] < sfreq / 2):
+        raise DataError(f"synthesize_seeg: hg_band {list(hg_band)} must lie in (0, Nyquist = {sfreq / 2} Hz); fix: a "
+                        f"higher sfreq (e.g. 500) or a lower band")
 
     def per_subject(v, name, step):
         if isinstance(v, (int, np.integer)):
@@ -313,6 +354,15 @@ def synthesize_seeg(
         codes = rng_fn.standard_normal((n_words, latent_dim, n_basis))
         phoneme_seq = np.zeros((n_words, 0), np.int64)
     n_basis = phi.shape[2]
+    if nuisance:
+        # A separate stream, spawned after the others: the linear-Gaussian part keeps its draws.
+        rng_hg = np.random.default_rng(ss.spawn(1)[0])
+        shifts = (np.round(np.linspace(-onset_jitter_s, onset_jitter_s, jitter_steps) * sfreq).astype(np.int64)
+                  if onset_jitter_s > 0 and jitter_steps > 1 else np.zeros(1, np.int64))
+        hg_freqs = np.linspace(hg_band[0], hg_band[1], max(n_phonemes, n_basis))[rng_hg.permutation(max(n_phonemes, n_basis))]
+        gestures = phoneme_seq if n_phonemes > 0 else np.tile(np.arange(n_basis), (n_words, 1))
+        env = _envelopes(phi)
+        psi_c, psi_s = _carriers(env, hg_freqs[gestures], sfreq)  # (words, time, J) each
     truth: dict[str, np.ndarray] = {
         "format": np.array(TRUTH_FORMAT),
         "words": np.array(words),
@@ -348,6 +398,13 @@ def synthesize_seeg(
             sig_rms = math.sqrt(np.mean([np.mean((A[k, reg_rows] @ phi[k].T) ** 2) for k in range(n_words)]))
             scale = snr * noise / sig_rms
             A *= scale
+            if nuisance:
+                B = np.zeros((n_words, C, n_basis))
+                if envelope_snr > 0:
+                    B[:, reg_rows] = np.einsum("cl,klj->kcj", mixing, codes)
+                    hg_rms = math.sqrt(np.mean([np.mean((B[k, reg_rows] @ psi_c[k].T) ** 2) for k in range(n_words)]))
+                    B *= envelope_snr * noise / hg_rms
+                truth[f"{sub}.hg_means"] = B  # high-gamma part: B[k] @ (cos th psi_c[k] + sin th psi_s[k]).T
             gains = np.exp(0.2 * rng.standard_normal(C))
             S = noise ** 2 * (np.diag(gains ** 2) + common_noise ** 2 * np.ones((C, C)))
             line_amp = line_noise * noise * np.exp(0.3 * rng.standard_normal(C))
@@ -376,7 +433,11 @@ def synthesize_seeg(
                 line = np.cos(2 * np.pi * line_freq * t + ph) + 0.3 * np.cos(2 * np.pi * 2 * line_freq * t + 2 * ph)
                 data += line_amp[:, None] * line[None, :]
                 for k, o in zip(seq, onset_samp):
-                    data[:, o:o + n_times] += A[k] @ phi[k].T
+                    if not nuisance:
+                        data[:, o:o + n_times] += A[k] @ phi[k].T
+                        continue
+                    tau, th = int(rng_hg.choice(shifts)), rng_hg.uniform(0, 2 * np.pi)
+                    data[:, o:o + n_times] += _word_signal(A[k], B[k], phi[k], psi_c[k], psi_s[k], tau, th)
                 info = mne.create_info(names, sfreq, ch_types="seeg")
                 raw = mne.io.RawArray(data * _UNIT, info, verbose=False)
                 raw.info["line_freq"] = line_freq
@@ -389,16 +450,31 @@ def synthesize_seeg(
                                format=format, allow_preload=True, overwrite=False, verbose=False)
                 del data, raw
             _add_electrode_columns(tmp / sub, names, group, region)
-            acc, se = _oracle(rng_oracle, A, S, phi, sfreq, line_freq, line_amp, oracle_trials)
+            if nuisance:
+                acc, se, changed = _oracle_marginal(rng_oracle, A, B, S, phi, psi_c, psi_s, shifts, sfreq, line_freq,
+                                                    line_amp, oracle_trials, phase_points)
+            else:
+                acc, se = _oracle(rng_oracle, A, S, phi, sfreq, line_freq, line_amp, oracle_trials)
             oracle[sub] = {"oracle_accuracy": acc, "oracle_se": se, "n_contacts": C,
                            "n_region_contacts": int(reg_rows.size)}
+            if nuisance:
+                oracle[sub]["oracle_quadrature_changed"] = changed
         truth["temporal_autocov"] = _autocov(n_times, sfreq)
+        if nuisance:
+            truth.update({"hg_psi_cos": psi_c, "hg_psi_sin": psi_s, "hg_freqs": hg_freqs, "shifts": shifts})
         np.savez(tmp / "truth.npz", **truth)
         mean_acc = float(np.mean([o["oracle_accuracy"] for o in oracle.values()]))
+        rule = ("Bayes-optimal linear discriminant with the true class means and noise covariance (line "
+                "noise projected out), on the raw monopolar epoch [onset, onset + epoch_s)")
+        if nuisance:
+            rule = ("Bayes rule with the true model, on the raw monopolar epoch [onset, onset + epoch_s): the Gaussian "
+                    "likelihood (true noise covariance, line noise projected out) averaged exactly over the onset "
+                    "shifts (uniform on 'shifts' samples of truth.npz) and over the carrier phase (trapezoid rule, "
+                    f"{phase_points} phases; 'oracle_quadrature_changed' per subject = decisions that change with "
+                    f"{phase_points // 2} phases, 0 = converged): exact Bayes accuracy on the oracle trials")
         (tmp / "truth.json").write_text(json.dumps({
             "generator": "litbrain.datamodules.synthesize_seeg", "truth_format": TRUTH_FORMAT,
-            "oracle": "Bayes-optimal linear discriminant with the true class means and noise covariance (line "
-                      "noise projected out), on the raw monopolar epoch [onset, onset + epoch_s)",
+            "oracle": rule,
             "oracle_accuracy": mean_acc, "chance": 1.0 / n_words, "subjects": oracle, "words": words,
             "regions": list(regions), "n_times": n_times, "parameters": params}, indent=1))
         (tmp / ".bidsignore").write_text("truth.npz\ntruth.json\n")
@@ -459,6 +535,108 @@ def _oracle(rng: np.random.Generator, A: np.ndarray, S: np.ndarray, phi: np.ndar
         total += trials
     acc = correct / total
     return float(acc), float(math.sqrt(max(acc * (1 - acc), 1e-12) / total))
+
+
+# ----------------------------------------------------------------------------- envelope coding + jitter
+def _envelopes(phi: np.ndarray) -> np.ndarray:
+    """The Gaussian envelope of every burst of ``phi`` (words, time, J): |analytic signal|, unit norm."""
+    from scipy.signal import hilbert
+
+    env = np.abs(hilbert(phi, axis=1))
+    return env / (np.linalg.norm(env, axis=1, keepdims=True) + 1e-12)
+
+
+def _carriers(env: np.ndarray, freqs: np.ndarray, sfreq: float) -> tuple[np.ndarray, np.ndarray]:
+    """In-phase and quadrature high-gamma bursts: ``env * cos / sin(2 pi f t)``, ``freqs`` (words, J)."""
+    t = np.arange(env.shape[1]) / sfreq
+    arg = 2 * np.pi * freqs[:, None, :] * t[None, :, None]
+    c, s = env * np.cos(arg), env * np.sin(arg)
+    return (c / (np.linalg.norm(c, axis=1, keepdims=True) + 1e-12),
+            s / (np.linalg.norm(s, axis=1, keepdims=True) + 1e-12))
+
+
+def _shift(x: np.ndarray, tau: int) -> np.ndarray:
+    """``x`` (time, ...) delayed by ``tau`` samples inside the same window (zeros shifted in)."""
+    if tau == 0:
+        return x
+    out = np.zeros_like(x)
+    if tau > 0:
+        out[tau:] = x[:-tau]
+    else:
+        out[:tau] = x[-tau:]
+    return out
+
+
+def _word_signal(A: np.ndarray, B: np.ndarray, phi: np.ndarray, psi_c: np.ndarray, psi_s: np.ndarray,
+                 tau: int, theta: float) -> np.ndarray:
+    """One trial's word response (contacts x time): shifted by ``tau``, carrier phase ``theta``."""
+    hg = math.cos(theta) * psi_c + math.sin(theta) * psi_s
+    return A @ _shift(phi, tau).T + B @ _shift(hg, tau).T
+
+
+def _whitener(n_times: int, sfreq: float, line_freq: float) -> np.ndarray:
+    """Q = Sigma_t^-1 with the line-noise subspace projected out (dense, time x time)."""
+    from scipy.linalg import toeplitz
+
+    Q = np.linalg.inv(toeplitz(_autocov(n_times, sfreq)))
+    Lb = _line_basis(n_times, sfreq, line_freq)
+    if Lb.shape[1]:
+        QL = Q @ Lb
+        Q = Q - QL @ np.linalg.solve(Lb.T @ QL, QL.T)
+    return Q
+
+
+def _oracle_marginal(rng: np.random.Generator, A: np.ndarray, B: np.ndarray, S: np.ndarray, phi: np.ndarray,
+                     psi_c: np.ndarray, psi_s: np.ndarray, shifts: np.ndarray, sfreq: float, line_freq: float,
+                     line_amp: np.ndarray, trials: int, phase_points: int) -> tuple[float, float, int]:
+    """Bayes accuracy (its standard error, and decisions changed by halving the phase grid) on fresh
+    trials, marginalising the onset shift (exactly) and the carrier phase (trapezoid rule)."""
+    from scipy.special import logsumexp
+
+    n_words, C, J = A.shape
+    n_times = phi.shape[1]
+    Q = _whitener(n_times, sfreq, line_freq)
+    Sinv = np.linalg.inv(S)
+    # Templates per (word, shift): three components (low-frequency, carrier cos, carrier sin), J columns each.
+    cols = np.stack([np.stack([_shift(m[k], int(tau)) for tau in shifts]) for m in (phi, psi_c, psi_s)
+                     for k in range(n_words)]).reshape(3, n_words, len(shifts), n_times, J)
+    spatial = np.stack([A, B, B])  # (3, words, C, J)
+    H = np.einsum("cd,akdj->akcj", Sinv, spatial)  # S^-1 times each component's spatial pattern
+    Fq = np.einsum("ts,akqsj->akqtj", Q, cols, optimize=True)  # Q times each template column
+    # Gram of the components per (word, shift): <m_a, m_b> = sum_ji (H_a^T M_b)_ji (cols_a^T Q cols_b)_ji
+    spat = np.einsum("akcj,bkci->kabji", H, spatial)
+    temp = np.einsum("akqtj,bkqti->kqabji", Fq, cols, optimize=True)
+    G = np.einsum("kabji,kqabji->kqab", spat, temp)
+    th = np.linspace(0, 2 * np.pi, phase_points, endpoint=False)
+    basis = np.stack([np.ones_like(th), np.cos(th), np.sin(th)])  # (3, phases)
+    quad = np.einsum("ap,kqab,bp->kqp", basis, G, basis)
+    L = np.linalg.cholesky(S)
+    t = np.arange(n_times) / sfreq
+    correct = np.zeros(2, np.int64)
+    total = 0
+    for k in range(n_words):
+        noise = np.einsum("cd,ndt->nct", L, _background(rng, (trials, C, n_times), sfreq))
+        ph = rng.uniform(0, 2 * np.pi, trials)[:, None]
+        line = np.cos(2 * np.pi * line_freq * t + ph) + 0.3 * np.cos(2 * np.pi * 2 * line_freq * t + 2 * ph)
+        taus = rng.choice(shifts, trials)
+        thetas = rng.uniform(0, 2 * np.pi, trials)
+        x = noise + line_amp[None, :, None] * line[:, None, :]
+        for n in range(trials):
+            x[n] += _word_signal(A[k], B[k], phi[k], psi_c[k], psi_s[k], int(taus[n]), float(thetas[n]))
+        lin = np.einsum("akcj,nct,akqtj->nkqa", H, x, Fq, optimize=True)  # <m_a, x> per (word, shift)
+        loglik = np.einsum("nkqa,ap->nkqp", lin, basis) - 0.5 * quad[None]
+        for i, step in enumerate((1, 2)):  # the full phase grid, and every other phase
+            score = logsumexp(loglik[..., ::step].reshape(trials, n_words, -1), axis=-1)
+            pred = score.argmax(1)
+            if i == 0:
+                full = pred
+            else:
+                correct[1] += int(np.sum(pred != full))
+            if i == 0:
+                correct[0] += int(np.sum(pred == k))
+        total += trials
+    acc = correct[0] / total
+    return float(acc), float(math.sqrt(max(acc * (1 - acc), 1e-12) / total)), int(correct[1])
 
 
 # ----------------------------------------------------------------------------- truth access

@@ -13,6 +13,10 @@ def test_seeg_benchmark_prints_the_table_and_writes_positive_figures(tmp_path, c
     assert all(r["epochs_per_s"] > 0 and math.isfinite(r["epochs_per_s"]) for r in res["rows"])
     assert set(BARS) <= set(res["ratios"])
     assert json.loads(out.read_text())["ratios"] == res["ratios"]
+    # the authors' preset by default; its parameter counts and the stage-3 step time head the table
+    assert res["preset"] == "authors" and res["step_ms"] > 0
+    assert f"{res['parameters']['classify']:,}" in table and "stage-3 step" in table
+    assert res["parameters"]["vqvae"] > res["parameters"]["classify"] > 0
 
 
 def test_a_stale_synthetic_cache_is_regenerated_not_an_error(tmp_path, capsys):

@@ -12,6 +12,10 @@ conv tokenizer 128/128/16 over 100 ms patches, d_model 160, 8 blocks, 8 heads):
   batches from the same loader;
 * **encoder**: epochs/s of the encoder forward alone (inference mode).
 
+``preset="authors"`` (default) measures Du-IN as its authors' code builds it (:meth:`DuinConfig.authors`);
+``preset="litbrain"`` litbrain's own variant. The header states the preset's parameter counts per
+stage (vqvae / mae / classify) and the stage-3 step time.
+
 Reading and the training step alternate over ``repetitions`` and the medians are compared.
 Bar: reading / training step >= 10 (the loader never starves the model).
 """
@@ -54,6 +58,7 @@ def bench_seeg(
     n_heads: int = 8,
     seed: int = 0,
     verbose: bool = True,
+    preset: str = "authors",
 ) -> dict[str, Any]:
     """Measure reading, preprocessing, training-step and encoder throughput; print the table.
 
@@ -68,6 +73,8 @@ def bench_seeg(
         d_model / n_blocks / n_heads: the Transformer (Du-IN: 160, 8, 8).
         seed: data and model seed.
         verbose: progress on stderr.
+        preset: ``"authors"`` (Du-IN's code: post-norm QK-norm blocks, BatchNorm tokenizer, MLP head) or
+            ``"litbrain"``.
     """
     import torch
 
@@ -77,7 +84,10 @@ def bench_seeg(
         prepare_seeg,
         synthesize_seeg,
     )
-    from litbrain.nn.duin import DuinEncoderConfig, DuinModel
+    from litbrain.nn.duin import DuinConfig, DuinEncoderConfig, DuinModel
+
+    if preset not in ("authors", "litbrain"):
+        raise DataError(f"bench_seeg preset={preset!r}; fix: 'authors' or 'litbrain'")
 
     torch.set_num_threads(num_threads)
     torch.manual_seed(seed)
@@ -98,9 +108,20 @@ def bench_seeg(
     dm = SeegDataModule(str(prepared), batch_size=batch_size, seed=seed)
     n_epochs_total = sum(dm.n_rows("train").values()) + sum(dm.n_rows("val").values()) + sum(dm.n_rows("test").values())
 
-    model = DuinModel(stage="classify", subjects=dm.subject_channels, n_classes=dm.n_labels,
-                      encoder=DuinEncoderConfig(n_times=dm.n_times, patch_len=int(round(0.1 * dm.sfreq)),
-                                                d_model=d_model, n_blocks=n_blocks, n_heads=n_heads))
+    patch_len = int(round(0.1 * dm.sfreq))
+    sizes = dict(n_times=dm.n_times, patch_len=patch_len, d_model=d_model, n_blocks=n_blocks, n_heads=n_heads)
+
+    def build(stage: str) -> DuinModel:
+        if preset == "litbrain":
+            return DuinModel(stage=stage, subjects=dm.subject_channels, n_classes=dm.n_labels,
+                             encoder=DuinEncoderConfig(**sizes))
+        extra = {} if patch_len == 100 else {"deconv_strides": [1, 1, patch_len, 1, 1]}  # Du-IN's: 1,1,10,1,10
+        return DuinModel(DuinConfig.authors(stage=stage, subjects=dm.subject_channels, n_classes=dm.n_labels,
+                                            encoder=sizes, **extra))
+
+    counts = {stage: sum(p.numel() for p in build(stage).parameters() if p.requires_grad) for stage in ("vqvae", "mae")}
+    model = build("classify")
+    counts["classify"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     batches = list(dm.train_dataloader())[: steps + 1]
 
@@ -151,14 +172,17 @@ def bench_seeg(
     header = (f"sEEG benchmark, CPU, {num_threads} thread(s): {n_subjects} subjects x {n_words} words x {trials_per_word} "
               f"trials at {dm.sfreq:.0f} Hz, epochs {dm.n_times} samples; Du-IN encoder {n_params / 1e6:.2f} M params "
               f"(patch {model.encoder.patch_len}, d_model {d_model}, {n_blocks} blocks, {n_heads} heads), batch {batch_size}; "
-              f"median of {repetitions} interleaved reps")
+              f"median of {repetitions} interleaved reps\n"
+              f"preset {preset!r}: parameters vqvae / mae / classify = {counts['vqvae']:,} / {counts['mae']:,} / "
+              f"{counts['classify']:,}; stage-3 step {1000 * batch_size / med['step']:.0f} ms per batch of {batch_size}")
     lines = [header, f"{'figure':<48}{'epochs/s':>12}", "-" * 60]
     lines += [f"{r['figure']:<48}{r['epochs_per_s']:>12.1f}" for r in rows]
     lines.append(f"reading / training step = {ratios['reading_over_step']:.1f}x (bar >= {BARS['reading_over_step'][1]:g}x: "
                  f"{'PASS' if ratios['reading_over_step'] >= BARS['reading_over_step'][1] else 'FAIL'})")
     lines.append(f"preprocessing / training step = {ratios['preprocessing_over_step']:.1f}x (one-time cost, no bar)")
     print("\n".join(lines))
-    result = {"rows": rows, "ratios": ratios, "header": header, "reps": {"reading": read, "step": step, "encoder": enc}}
+    result = {"rows": rows, "ratios": ratios, "header": header, "preset": preset, "parameters": counts,
+              "step_ms": 1000 * batch_size / med["step"], "reps": {"reading": read, "step": step, "encoder": enc}}
     if output:
         atomic_write_text(output, json.dumps(result, indent=2))
     return result

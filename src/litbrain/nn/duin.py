@@ -9,8 +9,42 @@ regions (vSMC, STG). Pipeline (Du-IN's defaults in brackets):
    [100 = 100 ms at 1 kHz]; a conv stack over time [filters 128, 128, 16; kernels 19, 3, 3;
    strides 10, 1, 1] mixes all ``d_subject`` channels of the region and flattens each patch
    into one region-level token of ``d_model`` [160 = 16 filters x 10 steps];
-3. a pre-norm Transformer encoder [8 blocks, 8 heads, d_ff = 2 * d_model] with learned
-   positions over the patches.
+3. a Transformer encoder over the patches [8 blocks, 8 heads, d_ff = 2 * d_model].
+
+Two sets of choices are selectable by config keys (``"authors"`` = what liulab-repository/Du-IN's
+code does, ``"litbrain"`` = litbrain's own variant, kept because older runs and releases use it and it
+trains well on small CPU demos; the dataclass defaults stay ``"litbrain"`` so old configs load as
+they were saved):
+
+================  ===========================================  ==========================================
+key               ``"authors"`` (Du-IN's code)                 ``"litbrain"``
+================  ===========================================  ==========================================
+``block``         post-norm, 8 heads x d_head 64 (inner 512)   pre-norm ``nn.TransformerEncoderLayer``
+                  with LayerNorm on q and k, ReLU FFN, dropout  (heads of d_model / n_heads), GELU, final
+                  on attention weights and FFN hidden,          LayerNorm, PyTorch default init
+                  trunc-normal(0.02) init, block l's linears
+                  scaled by 1/sqrt(2(l+1)); no final norm
+``tokenizer``     conv + BatchNorm, no nonlinearity; a patch    conv + GroupNorm(4) + GELU; flattened
+                  is flattened time-major (steps x filters)     filter-major
+``positions``     fixed sin-cos, one table before encoder and   learned, a separate decoder table
+                  decoder
+``vq``            tanh-MLP into the code space, cosine match,   linear projections; EMA of sums and
+                  EMA of each code's normalised batch mean      counts with Laplace smoothing, dead-code
+                  (zero-count codes unchanged), k-means init    restarts, k-means++ init (Euclidean on
+                  from random samples with cosine distance,     normalised vectors)
+                  LayerNorm + linear out of the code space
+``decoder_head``  ``deconv``: transposed convs over tokens      ``linear``: one linear per token to its
+                  back to samples (Du-IN's TimeRGSHead)         patch's samples
+``masking``       two complementary masks per batch, every      one mask, loss on the masked patches
+                  token gets a code loss once
+``head``          ``mlp``: Flatten -> Linear(P*d, 128) -> ReLU  ``linear``: Flatten -> Dropout -> Linear
+                  -> Linear(128, n_classes)                     (with label smoothing in the task)
+================  ===========================================  ==========================================
+
+Not copied from the authors' code (defects): their stage 3 puts a sigmoid before the
+cross-entropy (the true class' probability is capped, the loss cannot fall below ~3.14), their
+softmax does not subtract the maximum (``F.scaled_dot_product_attention`` here), and their stage 3
+builds and updates a VQ codebook and a weight-0 contrastive loss that nothing reads (absent here).
 
 Stages, one :class:`DuinModel` per stage (``stage`` is part of the config):
 ``"vqvae"`` (1) quantises each token (codebook 2048 x 64) and reconstructs the raw epoch
@@ -21,6 +55,7 @@ tokens into a word classifier (61 words).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
@@ -37,18 +72,125 @@ Stage = Literal["vqvae", "mae", "classify"]
 STAGES: tuple[str, ...] = ("vqvae", "mae", "classify")
 
 
-def _transformer(d_model: int, n_heads: int, d_ff: int | None, dropout: float, n_blocks: int) -> nn.TransformerEncoder:
-    """Pre-norm GELU Transformer encoder (Du-IN: d_ff = 2 * d_model)."""
-    layer = nn.TransformerEncoderLayer(d_model, n_heads, d_ff or 2 * d_model, dropout, activation="gelu",
+Block = Literal["authors", "litbrain"]
+BLOCKS: tuple[str, ...] = ("authors", "litbrain")
+
+
+class QKNormAttention(nn.Module):
+    """Du-IN's attention: ``n_heads`` heads of ``d_head`` (inner width ``n_heads * d_head``, not
+    ``d_model``), a LayerNorm over each head's q and k (shared by the heads), dropout on the attention
+    weights. The softmax is PyTorch's (max-subtracted; the authors' is not)."""
+
+    def __init__(self, d_model: int, n_heads: int, d_head: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads, self.d_head, self.dropout = n_heads, d_head, dropout
+        inner = n_heads * d_head
+        self.q, self.k, self.v = nn.Linear(d_model, inner), nn.Linear(d_model, inner), nn.Linear(d_model, inner)
+        self.norm_q, self.norm_k = nn.LayerNorm(d_head), nn.LayerNorm(d_head)
+        self.proj = nn.Linear(inner, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, p, _ = x.shape
+        heads = lambda t: t.reshape(b, p, self.n_heads, self.d_head).transpose(1, 2)  # noqa: E731
+        q, k, v = self.norm_q(heads(self.q(x))), self.norm_k(heads(self.k(x))), heads(self.v(x))
+        h = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(h.transpose(1, 2).reshape(b, p, -1))
+
+
+class PostNormBlock(nn.Module):
+    """Du-IN's Transformer block: ``x = LN(x + attn(x)); x = LN(x + W2 drop(relu(W1 x)))``."""
+
+    def __init__(self, d_model: int, n_heads: int, d_head: int, d_ff: int, dropout: float) -> None:
+        super().__init__()
+        self.attn = QKNormAttention(d_model, n_heads, d_head, dropout)
+        self.norm_attn = nn.LayerNorm(d_model)
+        self.ff1, self.ff_drop, self.ff2 = nn.Linear(d_model, d_ff), nn.Dropout(dropout), nn.Linear(d_ff, d_model)
+        self.norm_ff = nn.LayerNorm(d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm_attn(x + self.attn(x))
+        return self.norm_ff(x + self.ff2(self.ff_drop(F.relu(self.ff1(x)))))
+
+
+class PostNormStack(nn.Module):
+    """``n_blocks`` :class:`PostNormBlock`; Du-IN's init: every linear weight trunc-normal(0.02), biases 0,
+    then block ``l``'s (0-based) linear weights divided by ``sqrt(2 (l + 1))``."""
+
+    def __init__(self, d_model: int, n_heads: int, d_head: int, d_ff: int, dropout: float, n_blocks: int) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(PostNormBlock(d_model, n_heads, d_head, d_ff, dropout) for _ in range(n_blocks))
+        with torch.no_grad():
+            for l, block in enumerate(self.blocks):
+                for m in block.modules():
+                    if isinstance(m, nn.Linear):
+                        nn.init.trunc_normal_(m.weight, std=0.02)
+                        m.weight.div_(math.sqrt(2.0 * (l + 1)))
+                        nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def _transformer(c: "DuinEncoderConfig", n_blocks: int) -> nn.Module:
+    """The encoder's (or decoder's) Transformer of ``c.block`` kind (d_ff = 2 * d_model unless set)."""
+    d_ff = c.d_ff or 2 * c.d_model
+    if c.block == "authors":
+        return PostNormStack(c.d_model, c.n_heads, c.d_head, d_ff, c.dropout, n_blocks)
+    layer = nn.TransformerEncoderLayer(c.d_model, c.n_heads, d_ff, c.dropout, activation="gelu",
                                        batch_first=True, norm_first=True)
     return nn.TransformerEncoder(layer, n_blocks, enable_nested_tensor=False)
+
+
+def sincos_positions(n: int, d: int) -> torch.Tensor:
+    """Du-IN's fixed positions (n, d): even dims sin(i w_j), odd dims cos(i w_j), w_j = 10000^(-2j/d)."""
+    if d % 2:
+        raise ConfigError(f"positions='sincos' needs an even d_model (got {d}); fix: an even d_model or positions 'learned'")
+    i = torch.arange(n, dtype=torch.float32)[:, None]
+    w = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * -(math.log(1e4) / d))
+    pe = torch.zeros(n, d)
+    pe[:, 0::2], pe[:, 1::2] = torch.sin(i * w), torch.cos(i * w)
+    return pe
+
+
+class DeconvHead(nn.Module):
+    """Du-IN's stage-1 regression head (TimeRGSHead): transposed convs over the token axis
+    (``d_model`` channels, no nonlinearity between them, as in the authors' code) up to one step per
+    sample, then a linear to the ``d_subject`` virtual channels. ``(B, P, d_model) -> (B, P * prod(strides), out)``."""
+
+    def __init__(self, n_tokens: int, d_model: int, filters: Sequence[int], kernels: Sequence[int],
+                 strides: Sequence[int], out: int) -> None:
+        super().__init__()
+        if not (len(filters) == len(kernels) == len(strides)) or not filters:
+            raise ConfigError(f"DuinConfig deconv_filters {list(filters)}, deconv_kernels {list(kernels)}, deconv_strides "
+                              f"{list(strides)} must have the same (non-zero) length; fix: e.g. [128,128,128,128,16], "
+                              f"[3,3,10,9,19], [1,1,10,1,10]")
+        layers: list[nn.Module] = []
+        c, length = d_model, n_tokens
+        for f, k, s in zip(filters, kernels, strides):
+            length *= s
+            # The authors' padding rule: the conv that maps length * s samples back to ``length``.
+            diff = (length - 1) * s + k - length * s
+            pad = int(math.ceil(diff / 2))
+            layers.append(nn.ConvTranspose1d(c, f, k, stride=s, padding=pad, output_padding=2 * pad - diff))
+            c = f
+        self.deconvs = nn.Sequential(*layers)
+        self.out = nn.Linear(c, out)
+        nn.init.trunc_normal_(self.out.weight, std=0.02)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.out(self.deconvs(h.transpose(1, 2)).transpose(1, 2))
 
 
 class PatchTokenizer(nn.Module):
     """Du-IN's temporal conv tokenizer: each patch (``patch_len`` x ``in_channels``) -> one token.
 
     The conv stack runs over the time axis of every patch independently (patches do not see
-    each other here; the Transformer mixes them), GroupNorm + GELU after each conv.
+    each other here; the Transformer mixes them). ``norm="batch"`` is the authors': BatchNorm after
+    each conv, no nonlinearity, each patch flattened time-major (steps x filters);
+    ``norm="group"`` is litbrain's: GroupNorm(4) + GELU after each conv, flattened filter-major.
     """
 
     def __init__(
@@ -59,8 +201,11 @@ class PatchTokenizer(nn.Module):
         kernels: Sequence[int] = (19, 3, 3),
         strides: Sequence[int] = (10, 1, 1),
         d_model: int = 160,
+        norm: Literal["batch", "group"] = "group",
     ) -> None:
         super().__init__()
+        if norm not in ("batch", "group"):
+            raise ConfigError(f"PatchTokenizer norm={norm!r}; fix: 'batch' (Du-IN's authors) or 'group' (litbrain)")
         if not (len(filters) == len(kernels) == len(strides)) or not filters:
             raise ConfigError(
                 f"PatchTokenizer: filters {list(filters)}, kernels {list(kernels)} and strides {list(strides)} "
@@ -70,13 +215,15 @@ class PatchTokenizer(nn.Module):
         c = in_channels
         steps = patch_len
         for f, k, s in zip(filters, kernels, strides):
-            layers += [nn.Conv1d(c, f, k, stride=s, padding=k // 2), nn.GroupNorm(min(4, f), f), nn.GELU()]
+            conv = nn.Conv1d(c, f, k, stride=s, padding=k // 2)
+            layers += [conv, nn.BatchNorm1d(f)] if norm == "batch" else [conv, nn.GroupNorm(min(4, f), f), nn.GELU()]
             c = f
             steps = (steps + 2 * (k // 2) - k) // s + 1
         if steps < 1:
             raise ConfigError(f"PatchTokenizer: patch_len={patch_len} is too short for strides {list(strides)}")
         self.convs = nn.Sequential(*layers)
         self.patch_len = patch_len
+        self.time_major = norm == "batch"
         flat = c * steps
         # Du-IN's sizes flatten to exactly d_model (16 x 10 = 160); other sizes get a projection.
         self.proj = nn.Identity() if flat == d_model else nn.Linear(flat, d_model)
@@ -88,7 +235,9 @@ class PatchTokenizer(nn.Module):
         if p == 0:
             raise ConfigError(f"PatchTokenizer: epoch of {t} samples is shorter than one patch ({self.patch_len})")
         patches = x[:, : p * self.patch_len].reshape(b, p, self.patch_len, c).permute(0, 1, 3, 2)
-        h = self.convs(patches.reshape(b * p, c, self.patch_len))
+        h = self.convs(patches.reshape(b * p, c, self.patch_len))  # (b*p, filters, steps)
+        if self.time_major:
+            h = h.transpose(1, 2)
         return self.proj(h.reshape(b, p, -1))
 
 
@@ -102,7 +251,14 @@ class DuinEncoderConfig:
         patch_len: samples per patch [100 = 100 ms at 1 kHz].
         d_subject: virtual channels after the subject layer [16].
         filters / kernels / strides: the conv tokenizer [128,128,16 / 19,3,3 / 10,1,1].
-        d_model, n_blocks, n_heads, d_ff, dropout: the Transformer [160, 8, 8, 2 * d_model].
+        d_model, n_blocks, n_heads, d_ff, dropout: the Transformer [160, 8, 8, 2 * d_model; the
+            authors' dropout is 0.2, on attention weights and the FFN hidden layer].
+        block: ``"authors"`` (Du-IN's post-norm block with QK-norm, heads of ``d_head`` [64], ReLU,
+            trunc-normal depth-scaled init) or ``"litbrain"`` (pre-norm GELU ``nn.TransformerEncoderLayer``
+            with heads of ``d_model / n_heads`` and a final LayerNorm).
+        d_head: width of each attention head, ``block="authors"`` only [64].
+        tokenizer: ``"authors"`` (conv + BatchNorm, no nonlinearity) or ``"litbrain"`` (conv + GroupNorm + GELU).
+        positions: ``"sincos"`` (the authors' fixed table) or ``"learned"`` (litbrain's).
     """
 
     n_times: int | None = None
@@ -116,8 +272,16 @@ class DuinEncoderConfig:
     n_heads: int = 8
     d_ff: int | None = None
     dropout: float = 0.1
+    block: Block = "litbrain"
+    d_head: int = 64
+    tokenizer: Block = "litbrain"
+    positions: Literal["sincos", "learned"] = "learned"
 
     def __post_init__(self) -> None:
+        for key, value, allowed in (("block", self.block, BLOCKS), ("tokenizer", self.tokenizer, BLOCKS),
+                                    ("positions", self.positions, ("sincos", "learned"))):
+            if value not in allowed:
+                raise ConfigError(f"net.encoder.{key}={value!r}; fix: one of {list(allowed)}")
         self.filters, self.kernels, self.strides = ([int(v) for v in x] for x in (self.filters, self.kernels, self.strides))
 
 
@@ -130,10 +294,23 @@ class DuinConfig(ModelConfig):
             ``classify`` (3: word classifier).
         subjects: channel count per subject id (from the datamodule when omitted).
         encoder: :class:`DuinEncoderConfig`.
-        n_codes, code_dim, vq_decay, commitment: the stage-1 codebook [2048 x 64, EMA 0.99].
-        decoder_blocks: Transformer blocks of the stage-1 decoder.
+        n_codes, code_dim, vq_decay, commitment: the stage-1 codebook [2048 x 64, EMA 0.99,
+            commitment 1.0 in the authors' code; litbrain's demo used 0.25].
+        vq: ``"authors"`` (tanh-MLP into the code space, normalised-mean EMA, zero-count codes kept,
+            cosine k-means from random samples, LayerNorm + linear out) or ``"litbrain"`` (linear
+            projections, Laplace-smoothed EMA, dead-code restarts, k-means++).
+        decoder_blocks: Transformer blocks of the stage-1 decoder [4].
+        decoder_head: ``"deconv"`` (the authors' transposed-conv head, ``deconv_filters/kernels/strides``
+            [128,128,128,128,16 / 3,3,10,9,19 / 1,1,10,1,10]; the strides must multiply to ``patch_len``)
+            or ``"linear"`` (litbrain's: one linear per token to its patch).
+        masking: stage 2: ``"complementary"`` (the authors': each batch is encoded twice, with a mask and
+            with its complement, so every patch gets a code loss once) or ``"single"`` (litbrain's: one
+            mask, loss on the masked patches).
         n_classes: words of the stage-3 classifier (from the datamodule when omitted).
-        head_dropout: dropout before the stage-3 linear head.
+        head: stage 3: ``"mlp"`` (the authors': Flatten -> Linear(P * d_model, head_hidden) -> ReLU ->
+            Linear(head_hidden, n_classes); logits, no sigmoid) or ``"linear"`` (litbrain's).
+        head_hidden: hidden width of the ``mlp`` head [128].
+        head_dropout: dropout before the head's last linear [authors: 0; litbrain: 0.5].
     """
 
     model_type = "duin"
@@ -145,17 +322,41 @@ class DuinConfig(ModelConfig):
     code_dim: int = 64
     vq_decay: float = 0.99
     commitment: float = 0.25
+    vq: Block = "litbrain"
     decoder_blocks: int = 4
+    decoder_head: Literal["deconv", "linear"] = "linear"
+    deconv_filters: list[int] = field(default_factory=lambda: [128, 128, 128, 128, 16])
+    deconv_kernels: list[int] = field(default_factory=lambda: [3, 3, 10, 9, 19])
+    deconv_strides: list[int] = field(default_factory=lambda: [1, 1, 10, 1, 10])
+    masking: Literal["complementary", "single"] = "single"
     n_classes: int | None = None
+    head: Literal["mlp", "linear"] = "linear"
+    head_hidden: int = 128
     head_dropout: float = 0.5
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ConfigError(f"net.stage={self.stage!r}; fix: one of {list(STAGES)}")
+        for key, value, allowed in (("vq", self.vq, BLOCKS), ("decoder_head", self.decoder_head, ("deconv", "linear")),
+                                    ("masking", self.masking, ("complementary", "single")),
+                                    ("head", self.head, ("mlp", "linear"))):
+            if value not in allowed:
+                raise ConfigError(f"net.{key}={value!r}; fix: one of {list(allowed)}")
+        self.deconv_filters, self.deconv_kernels, self.deconv_strides = (
+            [int(v) for v in x] for x in (self.deconv_filters, self.deconv_kernels, self.deconv_strides))
         if isinstance(self.encoder, dict):
             self.encoder = DuinEncoderConfig(**self.encoder)
         if self.subjects is not None:
             self.subjects = {str(s): int(n) for s, n in self.subjects.items()}
+
+    @classmethod
+    def authors(cls, **overrides: Any) -> "DuinConfig":
+        """Du-IN as its authors' code builds it (sizes at 1 kHz; ``encoder`` overrides merge into the preset)."""
+        given = overrides.pop("encoder", None) or {}
+        if isinstance(given, DuinEncoderConfig):  # a whole encoder config: take it as it is
+            return cls(**dict(AUTHORS_MODEL, encoder=given, **overrides))
+        enc = dict(AUTHORS_ENCODER, **given)
+        return cls(**dict(AUTHORS_MODEL, encoder=DuinEncoderConfig(**enc), **overrides))
 
     def missing(self) -> list[str]:
         out = [] if self.subjects else ["subjects"]
@@ -198,10 +399,24 @@ class DuinConfig(ModelConfig):
         )
 
 
-class DuinEncoder(nn.Module):
-    """Subject layer -> patch tokenizer -> (mask) -> positions -> Transformer -> LayerNorm."""
+# The authors' preset (liulab-repository/Du-IN, params/duin_params.py, dataset seeg_he2023xuanwu); the
+# demo configs (configs/seeg/*.yaml) set the same keys at CPU sizes.
+AUTHORS_ENCODER: dict[str, Any] = dict(patch_len=100, d_subject=16, filters=[128, 128, 16], kernels=[19, 3, 3],
+                                       strides=[10, 1, 1], d_model=160, n_blocks=8, n_heads=8, d_head=64, dropout=0.2,
+                                       block="authors", tokenizer="authors", positions="sincos")
+AUTHORS_MODEL: dict[str, Any] = dict(n_codes=2048, code_dim=64, vq_decay=0.99, commitment=1.0, vq="authors",
+                                     decoder_blocks=4, decoder_head="deconv", masking="complementary",
+                                     head="mlp", head_hidden=128, head_dropout=0.0)
 
-    def __init__(self, subjects: dict[str, int], config: DuinEncoderConfig) -> None:
+
+class DuinEncoder(nn.Module):
+    """Subject layer -> patch tokenizer -> (mask) -> positions -> Transformer (-> LayerNorm, litbrain's block).
+
+    ``mask_token``: whether this encoder has the stage-2 mask embedding (only stage ``mae`` uses it;
+    the authors' other stages have none, so their parameter counts match).
+    """
+
+    def __init__(self, subjects: dict[str, int], config: DuinEncoderConfig, mask_token: bool = True) -> None:
         super().__init__()
         c = config
         if not c.n_times:
@@ -211,12 +426,28 @@ class DuinEncoder(nn.Module):
             raise ConfigError(f"DuinEncoder: n_times={c.n_times} < patch_len={c.patch_len}; fix: longer epochs or shorter patches")
         self.patch_len = c.patch_len
         self.subject_layer = SubjectAdapter(dict(subjects), c.d_subject, kind="linear")
-        self.tokenizer = PatchTokenizer(c.d_subject, c.patch_len, c.filters, c.kernels, c.strides, c.d_model)
-        self.pos = nn.Parameter(torch.zeros(1, self.n_patches, c.d_model))
-        nn.init.trunc_normal_(self.pos, std=0.02)
-        self.mask_token = nn.Parameter(torch.zeros(c.d_model))
-        self.blocks = _transformer(c.d_model, c.n_heads, c.d_ff, c.dropout, c.n_blocks)
-        self.norm = nn.LayerNorm(c.d_model)
+        self.tokenizer = PatchTokenizer(c.d_subject, c.patch_len, c.filters, c.kernels, c.strides, c.d_model,
+                                        norm="batch" if c.tokenizer == "authors" else "group")
+        if c.positions == "sincos":
+            self.register_buffer("pos", sincos_positions(self.n_patches, c.d_model)[None], persistent=False)
+        else:
+            self.pos = nn.Parameter(torch.zeros(1, self.n_patches, c.d_model))
+            nn.init.trunc_normal_(self.pos, std=0.02)
+        if mask_token:
+            self.mask_token = nn.Parameter(torch.zeros(c.d_model))
+            if c.block == "authors":
+                nn.init.trunc_normal_(self.mask_token, std=0.02)  # the authors' mask embedding init
+        else:
+            self.mask_token = None
+        self.blocks = _transformer(c, c.n_blocks)
+        # Post-norm blocks end in a LayerNorm already (the authors' encoder has no final norm).
+        self.norm = nn.Identity() if c.block == "authors" else nn.LayerNorm(c.d_model)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+        # Checkpoints from before the mask token was stage-2 only carry it in every stage: drop it.
+        if self.mask_token is None:
+            state_dict.pop(prefix + "mask_token", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def subject_signals(self, brain: dict[str, torch.Tensor]) -> torch.Tensor:
         """``{s: (b_s, C_s, T)}`` -> (B, T, d_subject), groups concatenated in dict order."""
@@ -227,12 +458,26 @@ class DuinEncoder(nn.Module):
         """Patch tokens before the Transformer, (B, P, d_model)."""
         return self.tokenizer(self.subject_signals(brain))
 
+    def contextualize(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens (B, P, d_model) -> contextual tokens; ``mask`` (B, P) bool replaces those by the mask token."""
+        if mask is not None:
+            if self.mask_token is None:
+                raise ConfigError("DuinEncoder: masking needs the mask token, which only stage 'mae' builds")
+            h = torch.where(mask[..., None], self.mask_token.to(h.dtype), h)
+        return self.norm(self.blocks(h + self.pos.to(h.dtype)))
+
     def forward(self, brain: dict[str, torch.Tensor], mask: torch.Tensor | None = None) -> torch.Tensor:
         """Contextual tokens (B, P, d_model); ``mask`` (B, P) bool replaces those patches by the mask token."""
-        h = self.tokens(brain)
-        if mask is not None:
-            h = torch.where(mask[..., None], self.mask_token.to(h.dtype), h)
-        return self.norm(self.blocks(h + self.pos))
+        return self.contextualize(self.tokens(brain), mask)
+
+
+def _trunc_init(module: nn.Module) -> nn.Module:
+    """The authors' init of their heads and projections: linear weights trunc-normal(0.02), biases 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+    return module
 
 
 class DuinModel(nn.Module):
@@ -249,25 +494,49 @@ class DuinModel(nn.Module):
         self.config = config
         self.stage = config.stage
         e = config.encoder
-        self.encoder = DuinEncoder(dict(config.subjects), e)
+        self.encoder = DuinEncoder(dict(config.subjects), e, mask_token=self.stage == "mae")
         p = self.encoder.n_patches
         if self.stage == "vqvae":
-            self.to_code = nn.Linear(e.d_model, config.code_dim)
-            self.vq = VectorQuantizer(config.n_codes, config.code_dim, decay=config.vq_decay, commitment=config.commitment)
-            self.from_code = nn.Linear(config.code_dim, e.d_model)
-            self.dec_pos = nn.Parameter(torch.zeros(1, p, e.d_model))
-            nn.init.trunc_normal_(self.dec_pos, std=0.02)
-            self.decoder = _transformer(e.d_model, e.n_heads, e.d_ff, e.dropout, config.decoder_blocks)
-            self.dec_norm = nn.LayerNorm(e.d_model)
-            self.to_signal = nn.Linear(e.d_model, e.patch_len * e.d_subject)
+            if config.vq == "authors":
+                # LaBraM's / Du-IN's quantiser: tanh-MLP in, cosine codebook, LayerNorm + linear out.
+                self.to_code = _trunc_init(nn.Sequential(nn.Linear(e.d_model, e.d_model), nn.Tanh(),
+                                                         nn.Linear(e.d_model, config.code_dim)))
+                self.from_code = _trunc_init(nn.Sequential(nn.LayerNorm(config.code_dim), nn.Linear(config.code_dim, e.d_model)))
+            else:
+                self.to_code = nn.Linear(e.d_model, config.code_dim)
+                self.from_code = nn.Linear(config.code_dim, e.d_model)
+            self.vq = VectorQuantizer(config.n_codes, config.code_dim, decay=config.vq_decay, commitment=config.commitment,
+                                      rule=config.vq)
+            if e.positions == "learned":
+                self.dec_pos = nn.Parameter(torch.zeros(1, p, e.d_model))
+                nn.init.trunc_normal_(self.dec_pos, std=0.02)
+            else:  # the authors reuse the encoder's fixed table
+                self.register_buffer("dec_pos", sincos_positions(p, e.d_model)[None], persistent=False)
+            self.decoder = _transformer(e, config.decoder_blocks)
+            self.dec_norm = nn.Identity() if e.block == "authors" else nn.LayerNorm(e.d_model)
+            if config.decoder_head == "deconv":
+                if math.prod(config.deconv_strides) != e.patch_len:
+                    raise ConfigError(f"net.deconv_strides {config.deconv_strides} multiply to {math.prod(config.deconv_strides)}"
+                                      f", not patch_len {e.patch_len}; fix: strides whose product is patch_len, e.g. "
+                                      f"[1,1,10,1,10] for 100")
+                self.to_signal = DeconvHead(p, e.d_model, config.deconv_filters, config.deconv_kernels,
+                                            config.deconv_strides, e.d_subject)
+            else:
+                self.to_signal = nn.Linear(e.d_model, e.patch_len * e.d_subject)
             # Back from the d_subject virtual channels to each subject's own channels.
             self.readout = SubjectAdapter(dict(config.subjects), e.d_subject, kind="linear", readout=True)
         elif self.stage == "mae":
             self.code_head = nn.Linear(e.d_model, config.n_codes)
+            if e.block == "authors":
+                _trunc_init(self.code_head)
         else:
             if not config.n_classes or config.n_classes < 2:
                 raise ConfigError(f"DuinModel stage='classify' needs n_classes >= 2 (got {config.n_classes})")
-            self.head = nn.Sequential(nn.Flatten(1), nn.Dropout(config.head_dropout), nn.Linear(p * e.d_model, config.n_classes))
+            if config.head == "mlp":
+                self.head = _trunc_init(nn.Sequential(nn.Flatten(1), nn.Linear(p * e.d_model, config.head_hidden), nn.ReLU(),
+                                                      nn.Dropout(config.head_dropout), nn.Linear(config.head_hidden, config.n_classes)))
+            else:
+                self.head = nn.Sequential(nn.Flatten(1), nn.Dropout(config.head_dropout), nn.Linear(p * e.d_model, config.n_classes))
 
     @property
     def subjects(self) -> dict[str, int]:
@@ -314,6 +583,20 @@ class DuinModel(nn.Module):
     def code_logits(self, brain: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         """Stage 2: logits over the codebook for every patch (B, P, n_codes), masked patches hidden."""
         return self.code_head(self.encoder(brain, mask))
+
+    def masked_code_logits(self, brain: dict[str, torch.Tensor], mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage 2 with ``config.masking``: (logits (B, P, n_codes), the patches that carry a loss (B, P)).
+
+        ``"complementary"`` (the authors'): the tokens are encoded twice, with ``mask`` hidden and with its
+        complement hidden; each patch's logits come from the pass in which it was hidden, so every
+        patch is predicted once without being seen. ``"single"``: one pass, loss on ``mask`` only.
+        """
+        if self.config.masking == "single":
+            return self.code_logits(brain, mask), mask
+        h = self.encoder.tokens(brain)
+        a = self.code_head(self.encoder.contextualize(h, mask))
+        b = self.code_head(self.encoder.contextualize(h, ~mask))
+        return torch.where(mask[..., None], a, b), torch.ones_like(mask)
 
     def forward(self, brain: dict[str, torch.Tensor]) -> torch.Tensor:
         """Stage 3: word logits (B, n_classes); other stages: the encoder's tokens (B, P, d_model)."""

@@ -1,10 +1,18 @@
 """Vector quantiser with EMA codebook updates, k-means initialisation and dead-code restarts.
 
-Du-IN's stage-1 tokenizer (VQ-VAE, codebook 2048 x 64, EMA decay 0.99, k-means init). Codes are
-updated by exponential moving averages of the assigned encoder outputs (van den Oord et al.,
-appendix), not by gradients; the encoder gets the straight-through gradient plus the
-commitment term. Codes that go unused for long are restarted on random encoder outputs, so
-the codebook stays alive.
+The quantiser of Du-IN's stage-1 tokenizer (VQ-VAE, codebook 2048 x 64, EMA decay 0.99, k-means
+init). Codes are updated by exponential moving averages of the assigned encoder outputs (van den
+Oord et al., appendix), not by gradients; the encoder gets the straight-through gradient plus the
+commitment term. ``rule="litbrain"`` (the default; litbrain's own rule, not the authors'): EMA of
+sums and counts with Laplace smoothing, k-means++ seeding, and codes that go unused for long are
+restarted on random encoder outputs, so the codebook stays alive.
+
+``rule="authors"`` is the quantiser of Du-IN's code (LaBraM's ``NormEMAVectorQuantizer``): inputs and
+codes on the unit sphere; each step every code that got vectors moves to
+``normalise(decay * code + (1 - decay) * normalise(mean of its vectors))``, codes that got none stay
+unchanged (no restarts, no Laplace smoothing); the codebook starts from k-means with cosine
+similarity seeded with random samples of the first batch (with replacement when the batch has
+fewer vectors than codes).
 """
 
 from __future__ import annotations
@@ -53,6 +61,22 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 10, generator: torch.Generator 
     return centers
 
 
+def kmeans_cosine(x: torch.Tensor, k: int, iters: int = 10, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Du-IN's k-means on unit rows of ``x``: seeds = random rows, assignment by cosine similarity,
+    centres re-normalised, empty clusters keep their centre; returns (k, d) unit rows."""
+    n = x.shape[0]
+    pick = (torch.randperm(n, generator=generator, device=x.device)[:k] if n >= k
+            else torch.randint(n, (k,), generator=generator, device=x.device))
+    means = x[pick].clone()
+    for _ in range(iters):
+        assign = (x @ means.t()).argmax(1)
+        bins = torch.bincount(assign, minlength=k)
+        sums = torch.zeros_like(means).index_add_(0, assign, x)
+        new = F.normalize(sums / bins.clamp_min(1)[:, None].to(x.dtype), dim=-1)
+        means = torch.where((bins == 0)[:, None], means, new)
+    return F.normalize(means, dim=-1)
+
+
 class VectorQuantizer(nn.Module):
     """Nearest-code quantisation of the last dimension.
 
@@ -68,6 +92,8 @@ class VectorQuantizer(nn.Module):
         normalize: l2-normalise inputs and codes, i.e. match by cosine similarity (LaBraM's and
             Du-IN's normalised EMA quantiser); keeps codes on one scale, so fewer die.
         eps: Laplace smoothing of the EMA cluster sizes.
+        rule: ``"litbrain"`` (the above) or ``"authors"`` (Du-IN's normalised-mean EMA, zero-count
+            codes unchanged, cosine k-means from random samples; implies ``normalize`` and no restarts).
     """
 
     def __init__(
@@ -81,8 +107,14 @@ class VectorQuantizer(nn.Module):
         dead_after: int = 20,
         normalize: bool = True,
         eps: float = 1e-5,
+        rule: str = "litbrain",
     ) -> None:
         super().__init__()
+        if rule not in ("litbrain", "authors"):
+            raise ConfigError(f"VectorQuantizer rule={rule!r}; fix: 'authors' (Du-IN's EMA) or 'litbrain'")
+        self.rule = rule
+        if rule == "authors":
+            normalize, dead_after = True, 0
         if n_codes < 2 or dim < 1:
             raise ConfigError(f"VectorQuantizer n_codes={n_codes}, dim={dim}; fix: n_codes >= 2 and dim >= 1")
         if not 0.0 < decay < 1.0:
@@ -101,7 +133,10 @@ class VectorQuantizer(nn.Module):
     # ------------------------------------------------------------------ codebook maintenance
     @torch.no_grad()
     def _init_codebook(self, flat: torch.Tensor) -> None:
-        centers = self._norm(kmeans(flat.float(), self.n_codes, self.kmeans_iters))
+        if self.rule == "authors":
+            centers = kmeans_cosine(flat.float(), self.n_codes, self.kmeans_iters)
+        else:
+            centers = self._norm(kmeans(flat.float(), self.n_codes, self.kmeans_iters))
         if dist.is_available() and dist.is_initialized():
             dist.broadcast(centers, 0)
         self.codebook.copy_(centers)
@@ -115,6 +150,12 @@ class VectorQuantizer(nn.Module):
         counts = torch.bincount(idx, minlength=self.n_codes).to(flat.dtype).float()
         _all_reduce(onehot_sum)
         _all_reduce(counts)
+        if self.rule == "authors":
+            # The authors blend a zero-count code with itself (a no-op up to rounding): skip it, exactly.
+            used = counts > 0
+            mean = F.normalize(onehot_sum[used] / counts[used, None], dim=-1)
+            self.codebook[used] = F.normalize(self.decay * self.codebook[used] + (1 - self.decay) * mean, dim=-1)
+            return
         self.ema_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.ema_sum.mul_(self.decay).add_(onehot_sum, alpha=1 - self.decay)
         n = self.ema_size.sum()

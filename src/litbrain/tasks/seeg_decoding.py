@@ -161,6 +161,7 @@ class SeegDecodingTask(LitbrainTask):
             key = self.model.encoder.subject_layer._key
             may_miss = ["encoder.subject_layer.maps." + key(s) + "." for s in net.subjects if key(s) not in known]
             may_miss += [k for k in self.model.state_dict() if not k.startswith("encoder.")]  # this stage's head
+            may_miss.append("encoder.mask_token")  # only stage 2 has one; a stage-1 encoder brings none
             self.load_weights(self.model, enc, "model.init_from", h.init_from, may_miss)
         if net.stage == "mae":
             src = self._tokenizer_src
@@ -187,7 +188,7 @@ class SeegDecodingTask(LitbrainTask):
 
     def _mask(self, b: int, p: int) -> torch.Tensor:
         # Exactly round(ratio * P) hidden patches per epoch, chosen at random.
-        k = max(1, min(p - 1, int(round(self.hparams.mask_ratio * p))))
+        k = max(1, min(p - 1, int(round(self.hparams.mask_ratio * p))))  # 15 of Du-IN's 30 at 0.5
         order = torch.rand(b, p, device=self.device).argsort(1)
         return order < k
 
@@ -199,9 +200,10 @@ class SeegDecodingTask(LitbrainTask):
         if self.stage == "mae":
             target = self.tokenizer.code_indices(brain)
             mask = self._mask(*target.shape)
-            logits = self.model.code_logits(brain, mask)
-            loss = F.cross_entropy(logits[mask], target[mask])
-            acc = (logits[mask].argmax(-1) == target[mask]).float().mean()
+            # net.masking: 'complementary' (Du-IN's authors) scores every patch once, 'single' the masked ones
+            logits, scored = self.model.masked_code_logits(brain, mask)
+            loss = F.cross_entropy(logits[scored], target[scored])
+            acc = (logits[scored].argmax(-1) == target[scored]).float().mean()
             return loss, {"masked_code_acc": acc.detach()}
         logits = self.model(brain)
         label = batch["label"]
