@@ -34,8 +34,8 @@ IGNORE_INDEX = -100  # Hugging Face's "no target here" label
 
 
 class FactsDataset(Dataset):
-    def __init__(self, n: int, split: str, seed: int, n_facts: int, tokenizer: Any):
-        self.items = [make_item(seed, split, i, n_facts) for i in range(int(n))]
+    def __init__(self, n: int, split: str, seed: int, n_facts: int, tokenizer: Any, n_things: int = 4):
+        self.items = [make_item(seed, split, i, n_facts, n_things) for i in range(int(n))]
         self.tok = tokenizer
         self.encoded = [(tokenizer.encode(it.source, add_special_tokens=False),
                          tokenizer.encode(it.answer, add_special_tokens=False)) for it in self.items]
@@ -87,20 +87,21 @@ class FactsDataModule(pl.LightningDataModule):
     Args:
         n_train / n_val / n_test: items per split.
         n_facts: facts per input (about 8 tokens each): the input-length knob.
+        n_things: things per name (1-4); 1 makes the name alone the lookup key (the easiest task).
         tokenizer_items: training items the tokenizer is trained on (the vocabulary is closed, so a few
             hundred cover it); kept apart from ``n_train`` so a small-data student shares the teacher's tokenizer.
         batch_size / num_workers / seed: as usual (seed: the world's and the shuffling's).
     """
 
     def __init__(self, n_train: int = 20000, n_val: int = 256, n_test: int = 512, n_facts: int = 8,
-                 tokenizer_items: int = 2000, batch_size: int = 32, num_workers: int = 0, seed: int = 0):
+                 n_things: int = 4, tokenizer_items: int = 2000, batch_size: int = 32, num_workers: int = 0, seed: int = 0):
         super().__init__()
         self.save_hyperparameters()
         for name, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test), ("batch_size", batch_size),
                         ("tokenizer_items", tokenizer_items)):
             if n <= 0:
                 raise DataError(f"data.{name}={n}: must be > 0")
-        corpus = (make_item(seed, "train", i, n_facts) for i in range(tokenizer_items))
+        corpus = (make_item(seed, "train", i, n_facts, n_things) for i in range(tokenizer_items))
         self.tokenizer = train_tokenizer(f"{it.source} {it.answer}" for it in corpus)
         self.vocab_size = len(self.tokenizer)
         self._sizes = {"train": n_train, "val": n_val, "test": n_test}
@@ -109,7 +110,7 @@ class FactsDataModule(pl.LightningDataModule):
     def dataset(self, split: str) -> FactsDataset:
         if split not in self._ds:
             h = self.hparams
-            self._ds[split] = FactsDataset(self._sizes[split], split, h.seed, h.n_facts, self.tokenizer)
+            self._ds[split] = FactsDataset(self._sizes[split], split, h.seed, h.n_facts, self.tokenizer, h.n_things)
         return self._ds[split]
 
     def setup(self, stage: str | None = None) -> None:

@@ -40,18 +40,23 @@ class FactItem:
     answer: str
 
 
-def max_facts() -> int:
-    return len(NAMES) * len(THINGS)
+def max_facts(n_things: int = len(THINGS)) -> int:
+    return len(NAMES) * n_things
 
 
-def make_item(seed: int, split: str, index: int, n_facts: int) -> FactItem:
+def make_item(seed: int, split: str, index: int, n_facts: int, n_things: int = len(THINGS)) -> FactItem:
+    """Item ``index`` of ``split``; ``n_things`` of :data:`THINGS` are used (1: the name alone is the key,
+    the easiest lookup; 4: a (thing, name) pair is)."""
     if split not in _SPLITS:
         raise DataError(f"split={split!r}: unknown; fix: one of {list(_SPLITS)}")
-    if not 1 <= n_facts <= max_facts():
-        raise DataError(f"n_facts={n_facts}: must lie in [1, {max_facts()}] (distinct thing-name pairs); fix: e.g. 8")
+    if not 1 <= n_things <= len(THINGS):
+        raise DataError(f"n_things={n_things}: must lie in [1, {len(THINGS)}]; fix: e.g. 1")
+    if not 1 <= n_facts <= max_facts(n_things):
+        raise DataError(f"n_facts={n_facts}: must lie in [1, {max_facts(n_things)}] (distinct thing-name pairs); fix: "
+                        f"e.g. 8")
     rng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, _SPLITS[split], int(index)]))
-    pairs = rng.choice(max_facts(), size=n_facts, replace=False)
-    facts = tuple((THINGS[p % len(THINGS)], NAMES[p // len(THINGS)], COLOURS[int(rng.integers(len(COLOURS)))],
+    pairs = rng.choice(max_facts(n_things), size=n_facts, replace=False)
+    facts = tuple((THINGS[p % n_things], NAMES[p // n_things], COLOURS[int(rng.integers(len(COLOURS)))],
                    SHAPES[int(rng.integers(len(SHAPES)))]) for p in pairs)
     asked = int(rng.integers(n_facts))
     text = " ".join(f"the {t} of {n} is {c} {s} ." for t, n, c, s in facts)

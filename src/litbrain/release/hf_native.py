@@ -14,7 +14,7 @@ from litbrain.errors import ReleaseError
 from litbrain.release.cards import model_card
 from litbrain.utils.io import atomic_dir
 
-__all__ = ["export_hf_from_cli", "save_hf_native"]
+__all__ = ["save_hf_native"]
 
 
 def save_hf_native(model: Any, out_dir: str | os.PathLike, files: dict[str, str] | None = None,
@@ -36,17 +36,3 @@ def save_hf_native(model: Any, out_dir: str | os.PathLike, files: dict[str, str]
         model_card(model.config, metrics, None, "apache-2.0").save(tmp / "README.md")
     return out_dir
 
-
-def export_hf_from_cli(checkpoint: str, out: str, overwrite: bool = False) -> str:
-    """Release a language model (checkpoint or litbrain release) in Hugging Face's own format.
-
-    Args:
-        checkpoint: a ``.ckpt`` or release folder of a ``seq2seq_lm`` or ``causal_lm`` model.
-        out: the folder to write (config.json, model.safetensors, tokenizer files, README.md).
-        overwrite: replace an existing folder.
-    """
-    from litbrain.release.export import model_from_source
-    from litbrain.release.source import read_model_source
-
-    src = read_model_source(checkpoint)
-    return str(save_hf_native(model_from_source(src), out, src.files, overwrite=overwrite))

@@ -35,7 +35,7 @@ from litbrain.tasks.base import LitbrainTask, read_source
 from litbrain.tasks.vlm import tokenizer_files
 
 __all__ = ["CausalLmTask", "DecoderOnlyDistillationTask", "DistillationTask", "answer_mask", "greedy_or_sample",
-           "join_source_target", "load_teacher"]
+           "join_source_target", "load_teacher", "target_logits"]
 
 
 # ----------------------------------------------------------------------------- token bookkeeping
@@ -94,6 +94,17 @@ def greedy_or_sample(model: nn.Module, source: Tensor, source_mask: Tensor, step
         logits = hf(input_ids=ids, attention_mask=mask).logits
         out[:, t] = pick(logits[rows, lengths - 1 + t])
     return out
+
+
+def target_logits(model: nn.Module, source: Tensor, source_mask: Tensor, target: Tensor, target_mask: Tensor,
+                  bos_id: int, pad_id: int) -> Tensor:
+    """Any model's logits at the target positions, (B, T, V): an encoder-decoder's decoder reads
+    ``[bos] + target[:-1]``; a decoder-only model reads ``[source | target]``, aligned to the same positions."""
+    if getattr(model.hf.config, "is_encoder_decoder", False):
+        dec = torch.cat([torch.full_like(target[:, :1], bos_id), target[:, :-1]], 1)
+        return model(source, dec, source_mask)
+    ids, mask = join_source_target(source, source_mask, target, target_mask, pad_id)
+    return align_teacher_logits(model(ids, mask), source_mask.sum(1), target.shape[1])
 
 
 def load_teacher(spec: str, key: str = "model.init_args.teacher") -> CausalLm:
@@ -277,7 +288,7 @@ class DistillationTask(_LmTaskBase):
 
     config_class: Any = Seq2SeqStudentConfig
 
-    def __init__(self, net: Any = None, teacher: str | None = None, adapt_from_teacher: bool = False,
+    def __init__(self, net: Seq2SeqStudentConfig | None = None, teacher: str | None = None, adapt_from_teacher: bool = False,
                  alpha: float = 0.9, beta: float = 0.0, temperature: float = 1.0,
                  targets: Literal["dataset", "teacher"] = "dataset", on_policy_lambda: float = 0.0,
                  sample_temperature: float = 0.9, init_from: str | None = None, lr: float = 3e-3,
@@ -372,16 +383,13 @@ class DistillationTask(_LmTaskBase):
 
     def student_logits(self, batch: dict[str, Tensor], target: Tensor, target_mask: Tensor) -> Tensor:
         """The student's logits at the target positions: (B, T, V)."""
-        if self.is_seq2seq:
-            dec = torch.cat([torch.full_like(target[:, :1], self._tok_ids["bos"]), target[:, :-1]], 1)
-            return self.model(batch["source"], dec, batch["source_mask"])
-        ids, mask = join_source_target(batch["source"], batch["source_mask"], target, target_mask, self._tok_ids["pad"])
-        return align_teacher_logits(self.model(ids, mask), batch["source_mask"].sum(1), target.shape[1])
+        return target_logits(self.model, batch["source"], batch["source_mask"], target, target_mask,
+                             self._tok_ids["bos"], self._tok_ids["pad"])
 
     @torch.no_grad()
     def teacher_logits(self, batch: dict[str, Tensor], target: Tensor, target_mask: Tensor) -> Tensor:
-        ids, mask = join_source_target(batch["source"], batch["source_mask"], target, target_mask, self._tok_ids["pad"])
-        return align_teacher_logits(self.teacher(ids, mask), batch["source_mask"].sum(1), target.shape[1])
+        return target_logits(self.teacher, batch["source"], batch["source_mask"], target, target_mask,
+                             self._tok_ids["bos"], self._tok_ids["pad"])
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         h = self.hparams
@@ -408,3 +416,10 @@ class DecoderOnlyDistillationTask(DistillationTask):
     """:class:`DistillationTask` with a decoder-only student (:class:`~litbrain.nn.distill.CausalLmConfig`)."""
 
     config_class = CausalLmConfig
+
+    def __init__(self, net: CausalLmConfig | None = None, teacher: str | None = None, alpha: float = 0.9,
+                 beta: float = 0.0, temperature: float = 1.0, targets: Literal["dataset", "teacher"] = "dataset",
+                 on_policy_lambda: float = 0.0, sample_temperature: float = 0.9, init_from: str | None = None,
+                 lr: float = 3e-3, weight_decay: float = 0.01, warmup_fraction: float = 0.05, seed: int = 0) -> None:
+        super().__init__(net, teacher, False, alpha, beta, temperature, targets, on_policy_lambda, sample_temperature,
+                         init_from, lr, weight_decay, warmup_fraction, seed)
