@@ -345,7 +345,7 @@ class DistillationTask(_LmTaskBase):
         model = Seq2SeqStudent(self.net) if self.is_seq2seq else CausalLm(self.net)
         if self.teacher is not None:
             check_same_vocabulary(self.teacher.vocab_size, model.vocab_size, "model.init_args.teacher")
-        if h.adapt_from_teacher:
+        if h.get("adapt_from_teacher", False):
             if not self.is_seq2seq:
                 raise ConfigError("model.init_args.adapt_from_teacher: only an encoder-decoder student is adapted; "
                                   "fix: drop it for a decoder-only student")
