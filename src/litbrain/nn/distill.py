@@ -105,9 +105,9 @@ class CausalLmConfig(ModelConfig):
     def card(self) -> ModelCard:
         return ModelCard(title=f"litbrain causal LM ({self.lm.get('model_type')})",
                          summary=("A decoder-only language model (distillation teacher or decoder-only student).\n"
-                                  "`hf/` holds it in Hugging Face's format (AutoModelForCausalLM.from_pretrained)."),
+                                  "`litbrain export --hf true` writes it in Hugging Face's own format."),
                          tags=["causal-lm", "distillation"],
-                         usage="model = AutoModelForCausalLM.from_pretrained(path + '/hf')")
+                         usage="model = AutoModelForCausalLM.from_pretrained(folder)  # a folder from export --hf true")
 
 
 class CausalLm(_TiedWeights):
@@ -223,10 +223,11 @@ class Seq2SeqStudentConfig(ModelConfig):
         return ModelCard(
             title="litbrain encoder-decoder student (T5Gemma, Return of the Encoder)",
             summary=(f"A T5Gemma encoder-decoder ({self.encoder_layers} encoder / {self.decoder_layers} decoder layers, "
-                     f"width {self.hidden_size}) distilled from a decoder-only teacher.\n"
-                     "`hf/` holds it in Hugging Face's format, with its tokenizer."),
+                     f"width {self.hidden_size}): the student of distillation from a decoder-only teacher.\n"
+                     "`litbrain export --hf true` writes it in Hugging Face's own format, with its tokenizer."),
             tags=["encoder-decoder", "distillation", "t5gemma"],
-            usage="model = AutoModelForSeq2SeqLM.from_pretrained(path + '/hf')")
+            usage=("model = AutoModelForSeq2SeqLM.from_pretrained(folder)  # a folder from export --hf true\n"
+                   "tokenizer = AutoTokenizer.from_pretrained(folder)"))
 
 
 class Seq2SeqStudent(_TiedWeights):
