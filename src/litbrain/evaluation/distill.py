@@ -121,8 +121,9 @@ def evaluate_distill(teacher: str, models: dict[str, list[str]], out_dir: str = 
                 return ""
             sd = r.get(f"{k}_sd")
             return f"{r[k]:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd else "")
+        params = f"{int(r['parameters']):,}" if "parameters" in r else ""
         lines.append(f"| {r['row']} | {f('em')} | {f('token_acc')} | {f('teacher_agreement')} | {f('perplexity', 2)} | "
-                     f"{r.get('parameters', '')} |")
+                     f"{params} |")
     atomic_write_text(out / "table.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return result
