@@ -88,8 +88,9 @@ def bench_distill(student: dict[str, Any] | None = None, teacher: dict[str, Any]
                 full = interleaved({k: (lambda m=m: _generate(m, ids, output_tokens, device)) for k, m in models.items()},
                                    rounds)
                 row = {"input": length, "batch": batch, "first_token_s": first["median"],
-                       "decode_tok_s": {k: batch * (output_tokens - 1) / max(full["median"][k] - first["median"][k], 1e-9)
-                                        for k in models}}
+                       # None where noise made t(out) <= t(1): no decode time could be resolved
+                       "decode_tok_s": {k: (batch * (output_tokens - 1) / (full["median"][k] - first["median"][k])
+                                            if full["median"][k] > first["median"][k] else None) for k in models}}
                 # ratio of the encoder-decoder's first-token time to the decoder-only's, within rounds
                 row["first_token_ratio_vs_decoder_only"] = statistics.median(
                     a / b for a, b in zip(first["seconds"]["encoder-decoder"], first["seconds"]["decoder-only"]))
@@ -97,7 +98,7 @@ def bench_distill(student: dict[str, Any] | None = None, teacher: dict[str, Any]
                 print(f"[distill bench] input {length} batch {batch}: first token " +
                       ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in row["first_token_s"].items()) +
                       f" (enc-dec / dec-only {row['first_token_ratio_vs_decoder_only']:.2f}); decode tok/s " +
-                      ", ".join(f"{k} {v:.0f}" for k, v in row["decode_tok_s"].items()), file=sys.stderr, flush=True)
+                      ", ".join(f"{k} {v:.0f}" if v else f"{k} n/a" for k, v in row["decode_tok_s"].items()), file=sys.stderr, flush=True)
     at512 = [r["first_token_ratio_vs_decoder_only"] for r in result["settings"] if r["input"] == 512]
     if at512:
         value = max(at512)
