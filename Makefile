@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 # quiet and 0.39x when another job shares it (OpenMP barriers stall); README "Threads" has the figures.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install demo nsd-demo seeg-demo seeg-few-labels seeg-hg-demo encoding-demo test test-fast bench bench-nsd bench-seeg bench-vit bench-vlm \
+.PHONY: install demo nsd-demo seeg-demo seeg-few-labels seeg-hg-demo encoding-demo distill-demo bench-distill test test-fast bench bench-nsd bench-seeg bench-vit bench-vlm \
   clean-demo
 
 install: $(STAMP)
@@ -123,3 +123,20 @@ bench-vlm: $(STAMP)
 
 clean-demo:
 	rm -rf $(DEMO) runs/demo data/seeg_demo runs/seeg_demo data/nsd_demo runs/nsd_demo
+
+# Distillation (Return of the Encoder) on the fact-lookup world, CPU: the tiny teacher, then the
+# encoder-decoder and decoder-only students with KD and with CE only, then the table.
+DIS := runs/distill_demo
+distill-demo: $(STAMP)
+	$(BIN)/litbrain fit --config configs/distill/teacher.yaml
+	$(BIN)/litbrain fit --config configs/distill/student.yaml
+	$(BIN)/litbrain fit --config configs/distill/student.yaml --model.init_args.alpha 0 \
+	  --model.init_args.teacher null --trainer.default_root_dir $(DIS)/ce_seq2seq
+	$(BIN)/litbrain fit --config configs/distill/decoder_student.yaml
+	$(BIN)/litbrain fit --config configs/distill/decoder_student.yaml --model.init_args.alpha 0 \
+	  --model.init_args.teacher null --trainer.default_root_dir $(DIS)/ce_decoder
+	$(BIN)/litbrain distill evaluate --config configs/distill/evaluate_demo.yaml
+	$(BIN)/litbrain export --hf true --checkpoint $(DIS)/kd_seq2seq/checkpoints/best.ckpt --out $(DIS)/kd_seq2seq_hf --overwrite true
+
+bench-distill: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/litbrain distill bench --config configs/bench/distill.yaml

@@ -79,6 +79,23 @@ def encoding_inputs(tiny_encoding_raw, tiny_encoding_prepared, tmp_path_factory)
             "{encrelease}": str(release)}
 
 
+@pytest.fixture(scope="module")
+def distill_inputs(tmp_path_factory):
+    """A causal-LM teacher of another vocabulary (50) and an encoder-decoder posing as a teacher."""
+    from litbrain.nn.distill import CausalLm, CausalLmConfig, Seq2SeqStudent, Seq2SeqStudentConfig, tiny_gemma2
+    from litbrain.release import save_release
+
+    d = tmp_path_factory.mktemp("distill_bad")
+    save_release(CausalLm(CausalLmConfig(lm=tiny_gemma2(vocab_size=50, hidden_size=16, layers=1, head_dim=8))),
+                 d / "teacher50")
+    save_release(Seq2SeqStudent(Seq2SeqStudentConfig(vocab_size=96, hidden_size=16, head_dim=8)), d / "seq2seq")
+    return {"{distbad}": str(d)}
+
+
+_DISTILL = ["fit", "--config", str(REPO / "configs/distill/student.yaml"), "--data.init_args.n_train", "16",
+            "--data.init_args.n_val", "8", "--data.init_args.tokenizer_items", "300", "--trainer.default_root_dir",
+            "{tmp}/run"]
+
 # name -> (argv, what the one line must say); {tmp} is the test's folder, {prepared} the tiny prepared set.
 CASES = {
     # fMRI
@@ -162,19 +179,29 @@ CASES = {
                                             "--mustdrop", '{"merge_treshold": 0.9}', "--out_json", "null"],
                                            "unknown DroppingConfig field(s) ['merge_treshold']"),
     "vlm bench-vit: window 1": (["vlm", "bench-vit", "--quick", "true", "--window", "1"], "window=1"),
+    # distillation
+    "distill fit: vocabularies differ": (_DISTILL + ["--model.init_args.teacher", "{distbad}/teacher50"],
+                                         "the teacher's vocabulary has 50 tokens but the student's has"),
+    "distill fit: beta outside [0, 1]": (_DISTILL + ["--model.init_args.beta", "1.5"], "model.init_args.beta=1.5"),
+    "distill fit: alpha outside [0, 1]": (_DISTILL + ["--model.init_args.alpha", "-0.1"], "model.init_args.alpha=-0.1"),
+    "distill fit: a teacher that is not causal": (_DISTILL + ["--model.init_args.teacher", "{distbad}/seq2seq"],
+                                                  "T5GemmaForConditionalGeneration is not a decoder-only causal LM"),
+    "distill fit: source longer than the student's positions": (
+        _DISTILL + ["--model.init_args.net.max_positions", "32"], "longer than the student's 32 positions"),
 }
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_every_bad_input_is_one_line_naming_the_cause_and_the_fix(name, tmp_path, capsys, tiny_prepared, raw_3d,
-                                                                  tiny_seeg_prepared, encoding_inputs):
+                                                                  tiny_seeg_prepared, encoding_inputs, distill_inputs):
     argv, expected = CASES[name]
     typo = tmp_path / "typo.yaml"
     typo.write_text("trainer:\n  max_epoch: 3\n")
     text = tmp_path / "notes.ckpt"
     text.write_text("these are my notes, not a checkpoint\n")
     fill = {"{tmp}": str(tmp_path), "{prepared}": str(tiny_prepared), "{raw3d}": str(raw_3d), "{typo}": str(typo),
-            "{text}": str(text), "{seeg}": str(tiny_seeg_prepared), **encoding_inputs}
+            "{text}": str(text), "{seeg}": str(tiny_seeg_prepared), **encoding_inputs,
+            **distill_inputs}
 
     def sub(a: str) -> str:
         for k, v in fill.items():

@@ -100,6 +100,13 @@ FAMILIES: dict[str, dict[str, Verb]] = {
         "bench-lm": Verb("litbrain.benchmarks.vlm_dropping:bench_lm_loop",
                          "litbrain's LM decode loop vs Hugging Face generate: first token, tokens/s (configs/bench/lm_loop.yaml)"),
     },
+    "distill": {
+        "evaluate": Verb("litbrain.evaluation.distill:evaluate_distill",
+                         "exact match, token accuracy, teacher agreement, perplexity: teacher vs KD / CE students"),
+        "bench": Verb("litbrain.benchmarks.distill:bench_distill",
+                      "first-token latency and decode tok/s: encoder-decoder vs decoder-only vs teacher "
+                      "(configs/bench/distill.yaml)"),
+    },
 }
 
 # Earlier verb names, kept working.
@@ -119,6 +126,8 @@ FAMILY_HELP = {
     "seeg": "sEEG speech decoding (Du-IN): synthetic BIDS-iEEG world, prepare, evaluate, bench",
     "encoding": "encoding models image -> voxels (LLM-VEM): synthetic world, prepare, evaluate, in-silico responses",
     "vlm": "vision-language models with vision-token dropping (MustDrop, ToMe, FastV): bench, bench-vit",
+    "distill": "distillation of a decoder-only LM into an encoder-decoder student (Return of the Encoder): "
+               "evaluate, bench (export --hf true: Hugging Face format)",
 }
 
 

@@ -40,6 +40,8 @@ MODEL_TYPES: dict[str, str] = {
     "vlm": "litbrain.nn.vlm:VisionLanguageModel",
     "vision_tower": "litbrain.nn.vlm:SceneVisionTower",
     "voxel_encoder": "litbrain.nn.voxel_encoder:VoxelEncoder",
+    "causal_lm": "litbrain.nn.distill:CausalLm",
+    "seq2seq_lm": "litbrain.nn.distill:Seq2SeqStudent",
 }
 
 C = TypeVar("C", bound="ModelConfig")

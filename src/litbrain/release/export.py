@@ -112,6 +112,7 @@ def export_from_cli(
     training_config: str | None = None,
     license: str = "apache-2.0",
     overwrite: bool = False,
+    hf: bool = False,
 ) -> str:
     """Export a trained model as a release folder (any model type).
 
@@ -123,7 +124,14 @@ def export_from_cli(
         training_config: the YAML the model was trained with (e.g. the run's config.yaml).
         license: the license named in the model card.
         overwrite: replace an existing folder.
+        hf: write a language model (``causal_lm``, ``seq2seq_lm``) in Hugging Face's own format instead
+            (``save_pretrained`` + tokenizer + card; loads with ``AutoModelForSeq2SeqLM`` / ``AutoModelForCausalLM``).
     """
+    if hf:
+        from litbrain.release.hf_native import save_hf_native
+
+        src = read_model_source(checkpoint)
+        return str(save_hf_native(model_from_source(src), out, src.files, overwrite=overwrite))
     m = None
     if metrics:
         mpath = Path(metrics)
