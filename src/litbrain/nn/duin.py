@@ -502,11 +502,15 @@ class DuinModel(nn.Module):
                 self.to_code = _trunc_init(nn.Sequential(nn.Linear(e.d_model, e.d_model), nn.Tanh(),
                                                          nn.Linear(e.d_model, config.code_dim)))
                 self.from_code = _trunc_init(nn.Sequential(nn.LayerNorm(config.code_dim), nn.Linear(config.code_dim, e.d_model)))
+                self.vq = VectorQuantizer(config.n_codes, config.code_dim, decay=config.vq_decay,
+                                          commitment=config.commitment, rule=config.vq)
             else:
+                # litbrain's order (to_code, vq, from_code): the same seed builds the same weights as before
+                # the authors' preset existed, so earlier runs and figures reproduce.
                 self.to_code = nn.Linear(e.d_model, config.code_dim)
+                self.vq = VectorQuantizer(config.n_codes, config.code_dim, decay=config.vq_decay,
+                                          commitment=config.commitment, rule=config.vq)
                 self.from_code = nn.Linear(config.code_dim, e.d_model)
-            self.vq = VectorQuantizer(config.n_codes, config.code_dim, decay=config.vq_decay, commitment=config.commitment,
-                                      rule=config.vq)
             if e.positions == "learned":
                 self.dec_pos = nn.Parameter(torch.zeros(1, p, e.d_model))
                 nn.init.trunc_normal_(self.dec_pos, std=0.02)
