@@ -94,8 +94,8 @@ def _event_responses(z_events: np.ndarray, onsets: np.ndarray, duration: float, 
 def synthesize_wave(
     out_dir: str | os.PathLike,
     n_subjects: int = 3,
-    n_stimuli: int = 600,
-    n_test: int = 60,
+    n_stimuli: int = 700,
+    n_test: int = 100,
     task_runs: int = 4,
     rest_runs: int = 1,
     rest_volumes: int = 120,
@@ -108,7 +108,7 @@ def synthesize_wave(
     image_embedding_dim: int = 64,
     text_embedding_dim: int = 32,
     network_weights: dict[str, float] | None = None,
-    signal: float = 1.0,
+    signal: float = 2.0,
     noise: float = 1.0,
     subject_variability: float = 0.2,
     smoothness_mm: float = 8.0,
@@ -179,7 +179,9 @@ def synthesize_wave(
     loadings = np.zeros((P, L))
     for k, d in dims.items():
         rows = np.flatnonzero(networks == k)
-        loadings[np.ix_(rows, d)] = rng_load.standard_normal((rows.size, len(d))) / math.sqrt(len(d))
+        # every latent dim gets the same total signal energy whichever network carries it (as if spread over
+        # 5 parcels of unit loading), so a network's information is its number of dims, whatever its size
+        loadings[np.ix_(rows, d)] = rng_load.standard_normal((rows.size, len(d))) * math.sqrt(5.0 / rows.size)
 
     # voxels -> nearest parcel seed within the radius (the voxel carries that parcel's response)
     ijk = np.argwhere(mask)
@@ -210,8 +212,7 @@ def synthesize_wave(
             rng = rng_subs[s]
             fdir = tmp / sub / "func"
             fdir.mkdir(parents=True)
-            sub_load = loadings + subject_variability * rng.standard_normal((P, L)) * (loadings != 0) / math.sqrt(
-                max(1, L // max(1, len(dims))))
+            sub_load = loadings * (1 + subject_variability * rng.standard_normal((P, L)))
             baseline = 100.0 + 20.0 * rng.random(owner.size)
             gain = 0.5 + rng.random(owner.size)
             train_parts = np.array_split(own_parts[s], task_runs - 1)

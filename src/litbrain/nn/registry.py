@@ -40,6 +40,7 @@ MODEL_TYPES: dict[str, str] = {
     "vlm": "litbrain.nn.vlm:VisionLanguageModel",
     "vision_tower": "litbrain.nn.vlm:SceneVisionTower",
     "voxel_encoder": "litbrain.nn.voxel_encoder:VoxelEncoder",
+    "wave": "litbrain.nn.wave:WaveEncoder",
 }
 
 C = TypeVar("C", bound="ModelConfig")
