@@ -127,7 +127,13 @@ class WaveDataModule(pl.LightningDataModule):
         self._items["test"] = [i for i in items if (i[0], i[1]) in test_runs]
         self._items["pretrain"] = [(s, r, a, sidx[s]) for (s, r), x in self._series.items() if (s, r) not in test_runs
                                    for a in range(0, x.shape[0] - self.window + 1, max(1, self.window // 2))]
-        self.labelled_runs = sorted(keep)
+        self._labelled_runs = sorted(keep)
+
+    @property
+    def labelled_runs(self) -> list[tuple[str, str]]:
+        """The (subject, run) pairs whose events are used for training (``label_fraction`` of them)."""
+        self._load()
+        return self._labelled_runs
 
     def setup(self, stage: str | None = None) -> None:
         self._load()
