@@ -45,14 +45,27 @@ def grid_mask(voxel_size: float = 8.0):
 
 
 def sphere_voxels(coords: np.ndarray, mask_img, radius: float) -> list[np.ndarray]:
-    """Flat (C-order) grid indices of each sphere's voxels, as nilearn's NiftiSpheresMasker picks them."""
-    from nilearn.maskers.nifti_spheres_masker import apply_mask_and_get_affinity
+    """Flat (C-order) grid indices of each sphere's voxels, as nilearn's NiftiSpheresMasker picks them:
+    the mask voxels within ``radius`` mm of the seed, plus the seed's nearest voxel when it is in the mask
+    (nilearn's ``apply_mask_and_get_affinity``, which raises on an empty sphere instead of naming it)."""
+    from sklearn.neighbors import NearestNeighbors
 
     mask = np.asarray(mask_img.dataobj) != 0
-    flat = np.flatnonzero(mask)  # nilearn's mask_coords are np.where order = C order
-    _, A = apply_mask_and_get_affinity([tuple(c) for c in coords], None, radius, True, mask_img=mask_img)
-    A = A.tocsr()
-    return [flat[A.indices[A.indptr[i]:A.indptr[i + 1]]] for i in range(A.shape[0])]
+    ijk = np.argwhere(mask)  # C order, as nilearn's np.where
+    flat = np.ravel_multi_index(ijk.T, mask.shape)
+    aff = mask_img.affine
+    xyz = ijk @ aff[:3, :3].T + aff[:3, 3]
+    graph = NearestNeighbors(radius=float(radius)).fit(xyz).radius_neighbors(np.asarray(coords, float),
+                                                                              return_distance=False)
+    inv = np.linalg.inv(aff)
+    out = []
+    for c, rows in zip(np.asarray(coords, float), graph):
+        near = np.round(inv[:3, :3] @ c + inv[:3, 3]).astype(int)
+        sel = set(flat[rows].tolist())
+        if np.all((near >= 0) & (near < mask.shape)) and mask[tuple(near)]:
+            sel.add(int(np.ravel_multi_index(tuple(near), mask.shape)))
+        out.append(np.array(sorted(sel), dtype=np.int64))
+    return out
 
 
 def check_parcels_in_mask(coords: np.ndarray, mask_img, radius: float, where: str) -> list[np.ndarray]:

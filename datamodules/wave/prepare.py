@@ -83,8 +83,12 @@ def read_bold(path: Path):
     return img, tr
 
 
-def _check_mni(path: Path, img, mask_img) -> None:
+def _check_mni(path: Path, img) -> None:
     """The image's field of view must be centred where the MNI152 template's is (else: not in MNI space)."""
+    from nilearn import datasets
+
+    mask_img = datasets.load_mni152_brain_mask(resolution=2)
+
     def centre(aff, shape):
         return aff[:3, :3] @ ((np.array(shape[:3]) - 1) / 2.0) + aff[:3, 3]
 
@@ -229,8 +233,8 @@ def prepare_wave(
                 img, tr = read_bold(p)
                 grid = (tuple(img.shape[:3]), tuple(np.round(img.affine, 4).ravel()))
                 if grid not in mask_cache:
+                    _check_mni(p, img)
                     mask_img = _brain_mask_for(img)
-                    _check_mni(p, img, mask_img)
                     check_parcels_in_mask(atl["coords"], mask_img, rad, f"atlas {atlas} on {p.name}")
                     mask_cache[grid] = mask_img
                 mask_img = mask_cache[grid]

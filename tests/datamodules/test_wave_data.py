@@ -101,3 +101,18 @@ def test_windows_follow_the_events_and_the_label_fraction(tiny_wave_prepared):
     assert w[0]["bold"].shape == (20, 300) and "stimulus" not in w[0]
     runs = {(i[0], i[1]) for i in pre._items["pretrain"]}
     assert ("sub-01", "task-rest_run-1") in runs and ("sub-01", "task-images_run-3") not in runs  # no test run
+
+
+def test_sphere_voxels_are_nilearns():
+    from nilearn.maskers.nifti_spheres_masker import apply_mask_and_get_affinity
+
+    from litbrain.datamodules.wave.atlas import grid_mask, seitzman_atlas, sphere_voxels
+
+    m = grid_mask(8.0)
+    coords = seitzman_atlas()["coords"][::10]
+    mine = sphere_voxels(coords, m, 8.0)
+    _, A = apply_mask_and_get_affinity([tuple(c) for c in coords], None, 8.0, True, mask_img=m)
+    flat = np.flatnonzero(np.asarray(m.dataobj) != 0)
+    A = A.tocsr()
+    for i, v in enumerate(mine):
+        np.testing.assert_array_equal(v, np.sort(flat[A.indices[A.indptr[i]:A.indptr[i + 1]]]))

@@ -35,7 +35,7 @@ def write_run(root: Path, data: np.ndarray, affine: np.ndarray, tr: float | None
     return root
 
 
-def mni_run(root: Path, T: int = 12, voxel_size: float = 10.0, seed: int = 0, **kw) -> Path:
+def mni_run(root: Path, T: int = 12, voxel_size: float = 8.0, seed: int = 0, **kw) -> Path:
     """A random 4D run on nilearn's MNI152 mask at ``voxel_size`` mm."""
     from litbrain.datamodules.wave.atlas import grid_mask
 

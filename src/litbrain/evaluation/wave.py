@@ -156,3 +156,51 @@ def ablation_figure(path: str | Path, ablation: dict[str, Any], parcels: Any, ti
 
 def write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=1, default=float))
+
+
+def load_wave(path: str | Path, key: str = "checkpoint") -> WaveEncoder:
+    """The contrastive WaveEncoder (eval mode) of a checkpoint or release."""
+    from litbrain.errors import ReleaseError
+    from litbrain.release import model_from_source, read_model_source
+
+    src = read_model_source(path)
+    if src.config.model_type != "wave" or not src.config.image_embedding_dim:
+        raise ReleaseError(f"{key}={path}: holds no contrastive wave model (model_type {src.config.model_type!r}); "
+                           f"fix: point it at the checkpoint of a `objective: contrastive` run of configs/wave/")
+    return model_from_source(src)
+
+
+def evaluate_wave(data_dir: str, checkpoint: str, out_dir: str, raw_dir: str | None = None,
+                  subjects: list[str] | None = None, event_window: int = 6, figure: bool = True) -> dict[str, Any]:
+    """Retrieval of a contrastive WAVE encoder vs ridge, oracle (synthetic worlds) and chance, and its network
+    ablation; writes ``metrics.json`` (and ``ablation.png``) into ``out_dir`` and returns the metrics.
+
+    Args:
+        data_dir: Prepared set (``litbrain wave prepare``).
+        checkpoint: Checkpoint or release of the contrastive model.
+        out_dir: Where metrics.json and ablation.png go.
+        raw_dir: The synthetic world (truth.json): adds the oracle and the ablation's agreement with the truth.
+        subjects: Subjects to evaluate (``None`` = all); ridge trains on their training events.
+        event_window: TRs per event window (as in training).
+        figure: Write ablation.png.
+    """
+    from litbrain.datamodules.wave.datamodule import WaveDataModule, read_parcels
+
+    model = load_wave(checkpoint)
+    dm = WaveDataModule(data_dir, subjects=subjects, mode="events", event_window=event_window, val_fraction=0.1)
+    train, val, test = (event_arrays(dm, s) for s in ("train", "val", "test"))
+    out: dict[str, Any] = {"model": retrieval(model, test), "ridge": ridge_retrieval(train, test, val)}
+    ab = network_ablation(model, test, dm.networks)
+    out["ablation"] = ab["networks"]
+    if raw_dir is not None:
+        truth = json.loads((Path(raw_dir) / "truth.json").read_text())
+        out["oracle"] = oracle_retrieval(raw_dir, train, test)
+        out["oracle_fraction"] = out["model"]["top1"] / max(out["oracle"]["top1"], 1e-12)
+        out["ablation_vs_truth"] = rank_agreement({k: v["drop"] for k, v in ab["networks"].items()},
+                                                  truth["network_weights"])
+    out["chance"] = out["model"]["chance"]
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    if figure:
+        ablation_figure(Path(out_dir) / "ablation.png", ab, read_parcels(data_dir))
+    write_json(Path(out_dir) / "metrics.json", out)
+    return out
