@@ -118,7 +118,7 @@ def tiny_encoding_checkpoint(tiny_encoding_prepared, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_wave_raw(tmp_path_factory) -> Path:
-    """A tiny synthetic whole-brain (WAVE) world: 2 subjects, 3 task runs + 1 rest run each, 10 mm grid."""
+    """A tiny synthetic whole-brain (WAVE) world: 2 subjects, 3 task runs + 1 rest run each, 8 mm grid."""
     from litbrain.datamodules.wave.synthetic import synthesize_wave
     from tests.helpers.wave import TINY_WAVE
 
@@ -129,4 +129,4 @@ def tiny_wave_raw(tmp_path_factory) -> Path:
 def tiny_wave_prepared(tiny_wave_raw) -> Path:
     from litbrain.datamodules.wave.prepare import prepare_wave
 
-    return prepare_wave(tiny_wave_raw, tiny_wave_raw.parent / "prepared", radius=10.0)
+    return prepare_wave(tiny_wave_raw, tiny_wave_raw.parent / "prepared", radius=8.0)

@@ -46,7 +46,7 @@ __all__ = ["synthesize_wave", "DEFAULT_NETWORK_WEIGHTS", "bold_name", "load_wave
 
 # Share of the stimulus information per network (WAVE's finding: visual, then default mode, then
 # dorsal attention); every other Seitzman network carries none.
-DEFAULT_NETWORK_WEIGHTS = {"Visual": 0.45, "DefaultMode": 0.3, "DorsalAttention": 0.15, "FrontoParietal": 0.1}
+DEFAULT_NETWORK_WEIGHTS = {"Visual": 0.5, "DefaultMode": 0.3, "DorsalAttention": 0.2}
 MOTION = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 
 
@@ -132,8 +132,8 @@ def synthesize_wave(
         voxel_size / sphere_radius: Isotropic grid (mm) of the MNI152 mask; Seitzman sphere radius (mm).
         latent_dim: Latent stimulus features, split between informative networks by weight.
         image_embedding_dim / text_embedding_dim: Widths of the cached image and caption embeddings.
-        network_weights: Seitzman network -> share of the stimulus information (default: Visual 0.45,
-            DefaultMode 0.3, DorsalAttention 0.15, FrontoParietal 0.1; the rest 0).
+        network_weights: Seitzman network -> share of the stimulus information (default: Visual 0.5,
+            DefaultMode 0.3, DorsalAttention 0.2; the rest 0).
         signal / noise: Response and (spatially smooth) noise standard deviations per voxel.
         subject_variability: Relative s.d. of each subject's perturbation of the shared loadings.
         smoothness_mm: FWHM-like smoothing (mm, as a Gaussian sigma) of the noise.

@@ -64,7 +64,7 @@ def test_nilearn_parcellation_equals_the_mean_of_the_sphere_voxels_after_the_sam
 
 
 def test_prepare_is_deterministic_and_writes_shards_coords_and_networks(tiny_wave_raw, tiny_wave_prepared, tmp_path):
-    again = prepare_wave(tiny_wave_raw, tmp_path / "again", radius=10.0)
+    again = prepare_wave(tiny_wave_raw, tmp_path / "again", radius=8.0)
     files = sorted(p.relative_to(tiny_wave_prepared) for p in tiny_wave_prepared.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
     for f in files:
@@ -77,7 +77,7 @@ def test_prepare_is_deterministic_and_writes_shards_coords_and_networks(tiny_wav
     assert len(parcels) == 300 and {"Visual", "DefaultMode", "DorsalAttention"} <= set(parcels["network"])
     # a re-run with the same inputs is a no-op (the fingerprint matches)
     stamp = (tiny_wave_prepared / "manifest.json").stat().st_mtime_ns
-    prepare_wave(tiny_wave_raw, tiny_wave_prepared, radius=10.0)
+    prepare_wave(tiny_wave_raw, tiny_wave_prepared, radius=8.0)
     assert (tiny_wave_prepared / "manifest.json").stat().st_mtime_ns == stamp
 
 

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-# Small enough for tests (a few seconds to synthesize + prepare on a 10 mm grid).
-TINY_WAVE = dict(n_subjects=2, n_stimuli=200, n_test=40, task_runs=3, rest_runs=1, rest_volumes=40, voxel_size=10.0,
-                 sphere_radius=10.0, latent_dim=20, image_embedding_dim=16, text_embedding_dim=8, seed=0)
+# Small enough for tests (~10 s to synthesize + prepare on the 8 mm grid), big enough for the ablation bar
+# (2 x 100 test events; Visual 10, DefaultMode 6, DorsalAttention 4 latent dims).
+TINY_WAVE = dict(n_subjects=2, n_stimuli=500, n_test=100, task_runs=3, rest_runs=1, rest_volumes=40, voxel_size=8.0,
+                 sphere_radius=8.0, latent_dim=20, image_embedding_dim=16, text_embedding_dim=8, signal=3.0, seed=0)
 
 
 def write_run(root: Path, data: np.ndarray, affine: np.ndarray, tr: float | None = 2.0, sub: str = "sub-01",
@@ -43,3 +44,13 @@ def mni_run(root: Path, T: int = 12, voxel_size: float = 8.0, seed: int = 0, **k
     rng = np.random.default_rng(seed)
     data = 100 + rng.standard_normal(m.shape + (T,))
     return write_run(root, data, m.affine, **kw)
+
+
+def wave_fit_args(config: str, data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    """`litbrain fit` on a configs/wave recipe, shrunk to test size."""
+    from tests.helpers.fit import REPO
+
+    return ["fit", "--config", str(REPO / "configs" / "wave" / config), "--data.init_args.data_dir", str(data_dir),
+            "--model.init_args.net.d_model", "32", "--model.init_args.net.n_layers", "1", "--model.init_args.net.n_heads",
+            "2", "--trainer.check_val_every_n_epoch", "1000", "--trainer.default_root_dir", str(run_dir),
+            "--data.init_args.subjects", "[sub-01, sub-02]", *extra]
