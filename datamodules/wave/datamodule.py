@@ -149,8 +149,11 @@ class WaveDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.dataset(split), batch_size=self.batch_size, shuffle=shuffle, drop_last=shuffle,
-                          num_workers=self.num_workers, generator=g if shuffle else None)
+        ds = self.dataset(split)
+        # a small labelled set (label_fraction) is one batch rather than none (training drops the ragged last batch)
+        bs = max(1, min(self.batch_size, len(ds)))
+        return DataLoader(ds, batch_size=bs, shuffle=shuffle, drop_last=shuffle, num_workers=self.num_workers,
+                          generator=g if shuffle else None)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

@@ -96,6 +96,8 @@ def test_windows_follow_the_events_and_the_label_fraction(tiny_wave_prepared):
     full = len(dm.dataset("train"))
     part = WaveDataModule(str(tiny_wave_prepared), mode="events", label_fraction=0.25, val_fraction=0.0)
     assert len(part.labelled_runs) == 1 and 0 < len(part.dataset("train")) < full  # 1 of the 4 training runs
+    few = WaveDataModule(str(tiny_wave_prepared), mode="events", label_fraction=0.25, batch_size=10_000)
+    assert len(few.train_dataloader()) == 1  # fewer labelled events than a batch: one batch, not none
     pre = WaveDataModule(str(tiny_wave_prepared), mode="pretrain", window=20)
     w = pre.dataset("train")
     assert w[0]["bold"].shape == (20, 300) and "stimulus" not in w[0]
