@@ -141,9 +141,10 @@ def ablation_figure(path: str | Path, ablation: dict[str, Any], parcels: Any, ti
                           node_cmap="viridis", title=title or "retrieval drop when the parcel's network is zeroed",
                           display_mode="ortho", colorbar=True)
     ax = fig.add_axes([0.7, 0.3, 0.28, 0.6])
-    ax.bar(range(len(names)), [per[n]["drop"] for n in names], color="tab:blue", label="drop (zeroed)")
-    ax.bar(range(len(names)), [per[n]["keep_only"] for n in names], color="tab:orange", alpha=0.5,
-           label="keep only")
+    pos = np.arange(len(names))
+    ax.bar(pos - 0.2, [per[n]["drop"] for n in names], width=0.4, color="tab:blue", label="drop when zeroed")
+    ax.bar(pos + 0.2, [per[n]["keep_only"] for n in names], width=0.4, color="tab:orange", label="keep only it")
+    ax.axhline(ablation["full"]["chance"], color="grey", lw=0.8, ls=":", label="chance")
     ax.set_xticks(range(len(names)), names, rotation=70, fontsize=7)
     ax.set_ylabel("top-1 retrieval")
     ax.legend(fontsize=7)
