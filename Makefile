@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 # quiet and 0.39x when another job shares it (OpenMP barriers stall); README "Threads" has the figures.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install demo nsd-demo seeg-demo seeg-few-labels seeg-hg-demo encoding-demo distill-demo bench-distill test test-fast bench bench-nsd bench-seeg bench-vit bench-vlm \
+.PHONY: install demo nsd-demo seeg-demo seeg-few-labels seeg-hg-demo encoding-demo distill-demo bench-distill wave-demo test test-fast bench bench-nsd bench-seeg bench-vit bench-vlm \
   clean-demo
 
 install: $(STAMP)
@@ -61,6 +61,27 @@ encoding-demo: $(STAMP)
 	$(BIN)/litbrain fit --config configs/encoding/new_subject.yaml --model.init_args.init_from null \
 	  --model.init_args.freeze none --trainer.default_root_dir $(ENC)/new_subject_scratch
 	$(BIN)/litbrain encoding evaluate --config configs/encoding/evaluate_new_subject.yaml
+
+# Whole-brain foundation encoder (WAVE) on the synthetic fMRIPrep-style world: pretraining on sub-01/02, contrastive
+# fine-tuning from it and from scratch (all labels, 40 epochs; 20% of the training runs = 1 batch an epoch, 200 epochs;
+# 3 seeds), then retrieval vs ridge /
+# oracle / chance with the network ablation map, and sub-03 zero-shot.
+WAVE := runs/wave_demo
+wave-demo: $(STAMP)
+	$(BIN)/litbrain wave synthesize --config configs/wave/synthetic_demo.yaml
+	$(BIN)/litbrain wave prepare --config configs/wave/prepare_demo.yaml
+	$(BIN)/litbrain fit --config configs/wave/pretrain_demo.yaml
+	for s in 0 1 2; do for fe in 1.0:40 0.2:200; do f=$${fe%:*}; e=$${fe#*:}; \
+	  $(BIN)/litbrain fit --config configs/wave/contrastive_demo.yaml --seed_everything $$s --trainer.max_epochs $$e \
+	    --data.init_args.label_fraction $$f --trainer.default_root_dir $(WAVE)/labels$${f}_pretrained_seed$$s || exit 1; \
+	  $(BIN)/litbrain fit --config configs/wave/contrastive_demo.yaml --seed_everything $$s --trainer.max_epochs $$e \
+	    --model.init_args.init_from null --data.init_args.label_fraction $$f \
+	    --trainer.default_root_dir $(WAVE)/labels$${f}_scratch_seed$$s || exit 1; \
+	done; done
+	$(BIN)/litbrain wave evaluate --config configs/wave/evaluate_demo.yaml \
+	  --checkpoint $(WAVE)/labels1.0_pretrained_seed0/checkpoints/last.ckpt
+	$(BIN)/litbrain wave evaluate --config configs/wave/evaluate_demo.yaml --subjects '[sub-03]' \
+	  --checkpoint $(WAVE)/labels1.0_pretrained_seed0/checkpoints/last.ckpt --out_dir $(WAVE)/results_sub-03
 
 seeg-demo: $(STAMP)
 	$(BIN)/litbrain seeg synthesize --config configs/seeg/synthetic_demo.yaml

@@ -114,3 +114,19 @@ def tiny_encoding_checkpoint(tiny_encoding_prepared, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("enc_run")
     main(encoding_fit_args(tiny_encoding_prepared, run, "--data.init_args.subjects", "[sub-01, sub-02]"))
     return run / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def tiny_wave_raw(tmp_path_factory) -> Path:
+    """A tiny synthetic whole-brain (WAVE) world: 2 subjects, 3 task runs + 1 rest run each, 8 mm grid."""
+    from litbrain.datamodules.wave.synthetic import synthesize_wave
+    from tests.helpers.wave import TINY_WAVE
+
+    return synthesize_wave(tmp_path_factory.mktemp("wave") / "raw", **TINY_WAVE)
+
+
+@pytest.fixture(scope="session")
+def tiny_wave_prepared(tiny_wave_raw) -> Path:
+    from litbrain.datamodules.wave.prepare import prepare_wave
+
+    return prepare_wave(tiny_wave_raw, tiny_wave_raw.parent / "prepared", radius=8.0)

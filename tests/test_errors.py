@@ -8,12 +8,15 @@ import inspect
 import os
 import pkgutil
 
+import numpy as np
+
 import lightning.pytorch  # noqa: F401  (imported outside capsys: it binds logging handlers to sys.stderr)
 import litbrain.datamodules
 import pytest
 
 import litbrain
 from litbrain.cli import main
+from litbrain.cli.verbs import FAMILIES
 from litbrain.errors import LitbrainError
 from tests.helpers.fit import DEMO_CONFIG, REPO
 
@@ -172,6 +175,18 @@ CASES = {
     "encoding evaluate: missing checkpoint": (["encoding", "evaluate", "--data_dir", "{encprep}", "--models",
                                                '{"m": ["{encbad}/nothing.ckpt"]}', "--out_dir", "{tmp}/res"],
                                               "nothing.ckpt"),
+    # whole-brain (WAVE)
+    "wave prepare: 3D BOLD": (["wave", "prepare", "--raw_dir", "{wave3d}", "--out_dir", "{tmp}/prepared"],
+                              "BOLD must be 4D (X,Y,Z,time), got a 3D image"),
+    "wave prepare: events past the last volume": (["wave", "prepare", "--raw_dir", "{wavelate}", "--out_dir",
+                                                   "{tmp}/prepared"], "past the run's last volume (12 volumes"),
+    "wave prepare: image not in MNI space": (["wave", "prepare", "--raw_dir", "{wavenotmni}", "--out_dir",
+                                              "{tmp}/prepared"], "the image is not in MNI space"),
+    "wave prepare: atlas parcel outside the brain": (["wave", "prepare", "--raw_dir", "{waveok}", "--out_dir",
+                                                      "{tmp}/prepared", "--atlas", "{waveatlas}"],
+                                                     "1 atlas parcel(s) lie outside the brain mask"),
+    "wave prepare: TR missing": (["wave", "prepare", "--raw_dir", "{wavenotr}", "--out_dir", "{tmp}/prepared"],
+                                 "no repetition time in the NIfTI header"),
     # VLM
     "vlm fit: unknown dropping method": (["fit", "--config", str(REPO / "configs/vlm/synthetic_demo.yaml"),
                                           "--model.init_args.net.dropping.method", "random"], "dropping.method"),
@@ -191,9 +206,30 @@ CASES = {
 }
 
 
+@pytest.fixture(scope="module")
+def wave_inputs(tmp_path_factory):
+    """Bad whole-brain inputs, one fMRIPrep-named run each (10 mm MNI grid, 12 volumes)."""
+    from tests.helpers.wave import mni_run, write_run
+
+    d = tmp_path_factory.mktemp("wave_bad")
+    ok = mni_run(d / "ok", events=[(2.0, 2.0, "s0")])
+    rng = np.random.default_rng(0)
+    write_run(d / "3d", rng.standard_normal((6, 6, 6)), np.diag([10.0, 10.0, 10.0, 1.0]))
+    mni_run(d / "late", events=[(2.0, 2.0, "s0"), (20.0, 6.0, "s1")])
+    mni_run(d / "notr", tr=None)
+    shifted = np.diag([10.0, 10.0, 10.0, 1.0])
+    shifted[:3, 3] = [300.0, 300.0, 300.0]
+    write_run(d / "notmni", 100 + rng.standard_normal((20, 24, 19, 12)), shifted)
+    atlas = d / "atlas.tsv"
+    atlas.write_text("x\ty\tz\tnetwork\n-2\t-90\t2\tVisual\n0\t90\t0\tNowhere\n")
+    return {"{wave3d}": str(d / "3d"), "{wavelate}": str(d / "late"), "{wavenotmni}": str(d / "notmni"),
+            "{waveok}": str(ok), "{waveatlas}": str(atlas), "{wavenotr}": str(d / "notr")}
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_every_bad_input_is_one_line_naming_the_cause_and_the_fix(name, tmp_path, capsys, tiny_prepared, raw_3d,
-                                                                  tiny_seeg_prepared, encoding_inputs, distill_inputs):
+                                                                  tiny_seeg_prepared, encoding_inputs, distill_inputs,
+                                                                  wave_inputs):
     argv, expected = CASES[name]
     typo = tmp_path / "typo.yaml"
     typo.write_text("trainer:\n  max_epoch: 3\n")
@@ -201,7 +237,7 @@ def test_every_bad_input_is_one_line_naming_the_cause_and_the_fix(name, tmp_path
     text.write_text("these are my notes, not a checkpoint\n")
     fill = {"{tmp}": str(tmp_path), "{prepared}": str(tiny_prepared), "{raw3d}": str(raw_3d), "{typo}": str(typo),
             "{text}": str(text), "{seeg}": str(tiny_seeg_prepared), **encoding_inputs,
-            **distill_inputs}
+            **distill_inputs, **wave_inputs}
 
     def sub(a: str) -> str:
         for k, v in fill.items():
@@ -213,7 +249,7 @@ def test_every_bad_input_is_one_line_naming_the_cause_and_the_fix(name, tmp_path
     err = [ln for ln in capsys.readouterr().err.strip().splitlines() if not ln.startswith("[20")]  # DeepSpeed's log
     assert exc.value.code == 2
     assert len(err) == 1 and "Traceback" not in err[0], err
-    verb = " ".join(argv[:2]) if argv[0] in ("fmri", "seeg", "vlm", "encoding") else argv[0]
+    verb = " ".join(argv[:2]) if argv[0] in FAMILIES else argv[0]
     assert err[0].startswith(f"litbrain {verb}: error: "), err[0]
     assert sub(expected) in err[0] and "fix:" in err[0], err[0]
     # nothing left behind: no release, no prepared folder, no run folder (not even Lightning's config.yaml)

@@ -92,6 +92,14 @@ FAMILIES: dict[str, dict[str, Verb]] = {
                                      "in silico: a trained encoding model's predicted responses to a folder of images, "
                                      "one NIfTI per image"),
     },
+    "wave": {
+        "synthesize": Verb("litbrain.datamodules.wave.synthetic:synthesize_wave",
+                           "write a synthetic whole-brain fMRIPrep-style world whose networks carry known information"),
+        "prepare": Verb("litbrain.datamodules.wave.prepare:prepare_wave",
+                        "BIDS derivatives -> nilearn sphere parcels (confounds, detrend, z-score) in per-run shards"),
+        "evaluate": Verb("litbrain.evaluation.wave:evaluate_wave",
+                         "retrieval vs ridge, oracle and chance; network ablation (zeroed / keep-only) and its figure"),
+    },
     "vlm": {
         "bench": Verb("litbrain.benchmarks.vlm_dropping:bench_vlm_dropping",
                       "accuracy, tokens and latency of dense/ToMe/FastV/MustDrop (configs/bench/vlm_dropping.yaml)"),
@@ -125,6 +133,7 @@ FAMILY_HELP = {
     "fmri": "fMRI decoding (MindEye2 / STTM): synthetic NSD-like world, prepare, evaluate, bench; NSD's own files",
     "seeg": "sEEG speech decoding (Du-IN): synthetic BIDS-iEEG world, prepare, evaluate, bench",
     "encoding": "encoding models image -> voxels (LLM-VEM): synthetic world, prepare, evaluate, in-silico responses",
+    "wave": "whole-brain fMRI foundation encoder (WAVE): synthetic BIDS world, nilearn parcels, ablation maps",
     "vlm": "vision-language models with vision-token dropping (MustDrop, ToMe, FastV): bench, bench-vit",
     "distill": "distillation of a decoder-only LM into an encoder-decoder student (Return of the Encoder): "
                "evaluate, bench (export --hf true: Hugging Face format)",

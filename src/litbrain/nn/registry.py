@@ -42,6 +42,7 @@ MODEL_TYPES: dict[str, str] = {
     "voxel_encoder": "litbrain.nn.voxel_encoder:VoxelEncoder",
     "causal_lm": "litbrain.nn.distill:CausalLm",
     "seq2seq_lm": "litbrain.nn.distill:Seq2SeqStudent",
+    "wave": "litbrain.nn.wave:WaveEncoder",
 }
 
 C = TypeVar("C", bound="ModelConfig")

@@ -1,0 +1,1 @@
+"""Whole-brain fMRI (WAVE): fMRIPrep-style BIDS derivatives, nilearn parcellation, synthetic world."""
