@@ -295,6 +295,25 @@ def read_manifest_json(data_dir: str | os.PathLike, what: str, prepare: str,
     return m
 
 
+def synthetic_is_current(out: Path, params: dict, record: str, overwrite: bool) -> bool:
+    """Whether ``out`` already holds the synthetic dataset that ``params`` would write.
+
+    ``record`` is the generator's JSON file inside ``out`` whose ``"parameters"`` are compared. True:
+    nothing to do (re-running a demo is cheap); False: write it (absent, or ``overwrite``). A
+    different dataset at ``out`` is refused, so one is never replaced by accident.
+    """
+    if not out.exists() or overwrite:
+        return False
+    try:
+        existing = json.loads((out / record).read_text()).get("parameters")
+    except (OSError, ValueError):
+        existing = None
+    if existing == params:
+        return True
+    raise DataError(f"{out}: already exists with other parameters; fix: pass --overwrite true (overwrite=True in "
+                    f"Python) or choose another directory")
+
+
 def content_fingerprint(files: Sequence[tuple[str, Path]], params: dict) -> str:
     """sha256 of the parameters and of every ``(name, file)``'s content, streamed in 1 MiB blocks.
 

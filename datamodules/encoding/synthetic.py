@@ -31,6 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from litbrain.errors import DataError
+from ..io import synthetic_is_current
 from litbrain.utils.io import atomic_dir
 
 from ..fmri.synthetic import _COLOURS, _visual_params, load_truth, synthesize_fmri
@@ -108,15 +109,8 @@ def synthesize_encoding(
     out = Path(out_dir)
     params = {k: v for k, v in locals().items() if k not in ("out_dir", "overwrite", "out")}
     params = json.loads(json.dumps(params, default=list))
-    if out.exists() and not overwrite:
-        try:
-            existing = json.loads((out / "encoding.json").read_text()).get("parameters")
-        except (OSError, ValueError):
-            existing = None
-        if existing == params:
-            return out
-        raise DataError(f"{out}: already exists with other parameters; fix: pass --overwrite true or choose another "
-                        f"directory")
+    if synthetic_is_current(out, params, "encoding.json", overwrite):
+        return out
     if description_dim < 1:
         raise DataError(f"synthesize_encoding: description_dim={description_dim}; fix: a positive width")
     with atomic_dir(out, overwrite=overwrite) as tmp:

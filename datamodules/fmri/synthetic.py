@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from litbrain.errors import DataError
+from ..io import synthetic_is_current
 from litbrain.utils.io import atomic_dir
 
 __all__ = ["synthesize_fmri", "synthetic_oracle", "load_truth", "true_image_embedding", "true_text_embedding"]
@@ -298,15 +299,8 @@ def synthesize_fmri(
     out = Path(out_dir)
     params = {k: v for k, v in locals().items() if k not in ("out_dir", "overwrite", "out")}
     params = json.loads(json.dumps(params, default=list))  # tuples -> lists, as stored
-    if out.exists() and not overwrite:
-        # Same parameters as the existing dataset: nothing to do (make demo re-runs are cheap).
-        try:
-            existing = json.loads((out / "README.json").read_text()).get("parameters")
-        except (OSError, ValueError):
-            existing = None
-        if existing == params:
-            return out
-        raise DataError(f"{out}: already exists with other parameters; fix: pass --overwrite true (overwrite=True in Python) or choose another directory")
+    if synthetic_is_current(out, params, "README.json", overwrite):
+        return out
     if n_subjects < 1 or n_stimuli < 1 or latent_dim < 1 or repeats < 1 or train_repeats < 1:
         raise DataError("synthesize_fmri: n_subjects, n_stimuli, latent_dim, repeats and train_repeats must be >= 1; "
                         "fix: pass positive values")

@@ -71,6 +71,7 @@ from pathlib import Path
 import numpy as np
 
 from litbrain.errors import DataError
+from ..io import synthetic_is_current
 from litbrain.utils.io import atomic_dir
 
 __all__ = ["synthesize_seeg", "load_seeg_truth", "seeg_oracle_accuracy", "seeg_word_labels"]
@@ -307,15 +308,8 @@ def synthesize_seeg(
         for k in ("envelope_snr", "hg_band", "onset_jitter_s", "jitter_steps", "phase_points"):
             params.pop(k)
     params = json.loads(json.dumps(params, default=list))
-    if out.exists() and not overwrite:
-        try:
-            existing = json.loads((out / "truth.json").read_text()).get("parameters")
-        except (OSError, ValueError):
-            existing = None
-        if existing == params:
-            return out
-        raise DataError(f"{out}: already exists with other parameters; fix: pass --overwrite true (overwrite=True in Python) or choose "
-                        f"another directory")
+    if synthetic_is_current(out, params, "truth.json", overwrite):
+        return out
     if min(n_subjects, n_words, trials_per_word, runs, latent_dim, n_basis, oracle_trials) < 1:
         raise DataError("synthesize_seeg: n_subjects, n_words, trials_per_word, runs, latent_dim, n_basis and "
                         "oracle_trials must be >= 1; fix: pass positive values")

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from litbrain.errors import DataError
+from ..io import synthetic_is_current
 from litbrain.utils.io import atomic_dir
 
 from ..fmri.synthetic import synthesize_fmri
@@ -144,15 +145,8 @@ def synthesize_wave(
     out = Path(out_dir)
     params = {k: v for k, v in locals().items() if k not in ("out_dir", "overwrite", "out")}
     params = json.loads(json.dumps(params, default=list))
-    if out.exists() and not overwrite:
-        try:
-            existing = json.loads((out / "truth.json").read_text()).get("parameters")
-        except (OSError, ValueError):
-            existing = None
-        if existing == params:
-            return out
-        raise DataError(f"{out}: already exists with other parameters; fix: pass --overwrite true or choose another "
-                        f"directory")
+    if synthetic_is_current(out, params, "truth.json", overwrite):
+        return out
     if task_runs < 2:
         raise DataError(f"synthesize_wave: task_runs={task_runs}; fix: at least 2 (the last one is the test run)")
     if not 0 < n_test < n_stimuli:
