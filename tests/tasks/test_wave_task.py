@@ -42,7 +42,7 @@ def test_masked_parcel_pretraining_learns(tiny_wave_prepared, tmp_path):
 
 
 def test_contrastive_fine_tuning_from_pretraining_decodes_and_its_ablation_ranks_networks_as_the_truth(
-        pretrained, tiny_wave_prepared, tiny_wave_raw, tmp_path):
+        pretrained, tiny_wave_prepared, tiny_wave_raw, tmp_path, capsys):
     run = tmp_path / "con"
     main(wave_fit_args("contrastive_demo.yaml", tiny_wave_prepared, run, "--model.init_args.init_from",
                        str(pretrained), "--trainer.max_epochs", "30", "--model.init_args.lr", "3e-3"))
@@ -50,8 +50,12 @@ def test_contrastive_fine_tuning_from_pretraining_decodes_and_its_ablation_ranks
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     pre = torch.load(pretrained, map_location="cpu", weights_only=True)["state_dict"]
     assert not torch.equal(state["model.parcel_embed.weight"], pre["model.parcel_embed.weight"])  # fine-tuned
+    capsys.readouterr()
     out = evaluate_wave(str(tiny_wave_prepared), str(ckpt), str(tmp_path / "res"), raw_dir=str(tiny_wave_raw),
                         subjects=["sub-01", "sub-02"])
+    printed = capsys.readouterr().out  # the verb prints its table, rows from the returned figures
+    assert f"{out['model']['brain_to_image']:.1%}" in printed.splitlines()[3] and "ridge" in printed
+    assert "Visual" in printed and f"Spearman {out['ablation_vs_truth']['spearman']:.2f}" in printed
     assert (tmp_path / "res" / "ablation.png").stat().st_size > 10_000
     saved = json.loads((tmp_path / "res" / "metrics.json").read_text())
     assert saved["model"]["top1"] == pytest.approx(out["model"]["top1"])

@@ -204,4 +204,28 @@ def evaluate_wave(data_dir: str, checkpoint: str, out_dir: str, raw_dir: str | N
     if figure:
         ablation_figure(Path(out_dir) / "ablation.png", ab, read_parcels(data_dir))
     write_json(Path(out_dir) / "metrics.json", out)
+    print(format_wave_table(out, subjects), flush=True)
     return out
+
+
+def format_wave_table(out: dict[str, Any], subjects: list[str] | None = None) -> str:
+    """What ``litbrain wave evaluate`` prints: retrieval rows, then each network's ablation drop."""
+    who = ", ".join(subjects) if subjects else "all subjects"
+    lines = [f"test events, {who}: top-1 retrieval", f"{'method':<10}{'brain->image':>14}{'image->brain':>14}",
+             "-" * 38]
+    for name in ("model", "ridge", "oracle"):
+        if name in out:
+            r = out[name]
+            lines.append(f"{name:<10}{r['brain_to_image']:>13.1%}{r['image_to_brain']:>14.1%}")
+    lines.append(f"{'chance':<10}{out['chance']:>13.1%}{out['chance']:>14.1%}")
+    if "oracle_fraction" in out:
+        lines.append(f"model / oracle: {out['oracle_fraction']:.3f}")
+    lines += ["", f"{'network (zeroed)':<22}{'parcels':>8}{'drop':>9}{'kept alone':>12}"]
+    for net, a in sorted(out["ablation"].items(), key=lambda kv: -kv[1]["drop"]):
+        lines.append(f"{net:<22}{a['n_parcels']:>8}{a['drop']:>9.3f}{a['keep_only']:>12.3f}")
+    if "ablation_vs_truth" in out:
+        t = out["ablation_vs_truth"]
+        lines.append(f"ablation vs truth: Spearman {t['spearman']:.2f} over informative networks, top network "
+                     f"{t['top_found']} ({'right' if t['top_right'] else 'wrong; truth ' + str(t['top_true'])}), "
+                     f"uninformative all below: {t['uninformative_below']}")
+    return "\n".join(lines)
