@@ -305,3 +305,14 @@ def test_a_fit_that_fails_after_training_keeps_its_checkpoints(tmp_path, tiny_pr
     kept = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
     assert "last.ckpt" in kept and global_step(run / "checkpoints" / "last.ckpt") == 4, kept
     assert (run / "logs").is_dir()
+
+
+def test_load_model_refuses_another_model_type_naming_both(tmp_path):
+    from litbrain.nn import BrainDecoder
+    from litbrain.release import load_model, save_release
+
+    folder = save_release(BrainDecoder(subjects={"sub-01": 5}, image_embedding_shape=[3], width=4, n_blocks=1),
+                          tmp_path / "release")
+    with pytest.raises(LitbrainError, match=r"holds a 'fmri_decoder' model, not a 'voxel_encoder' one; fix: pass "):
+        load_model(folder, "voxel_encoder", "pass checkpoints of EncodingTask runs")
+    assert load_model(folder, "fmri_decoder").config.model_type == "fmri_decoder"

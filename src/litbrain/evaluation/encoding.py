@@ -207,12 +207,8 @@ def evaluate_encoding(
     manifest = json.loads((data / "manifest.json").read_text())
     if not models:
         raise DataError("evaluate_encoding: models is empty; fix: pass --models '{\"lambda=0\": [run/last.ckpt]}'")
-    loaded = {label: [load_model(c) for c in ckpts] for label, ckpts in models.items()}
-    for label, ms in loaded.items():
-        for c, m in zip(models[label], ms):
-            if getattr(getattr(m, "config", None), "model_type", None) != "voxel_encoder":
-                raise DataError(f"{c}: holds a {getattr(getattr(m, 'config', None), 'model_type', type(m).__name__)!r} "
-                                f"model, not an encoding model; fix: pass checkpoints of EncodingTask runs")
+    loaded = {label: [load_model(c, "voxel_encoder", "pass checkpoints of EncodingTask runs") for c in ckpts]
+              for label, ckpts in models.items()}
     known = set.intersection(*[set(m.subjects) for ms in loaded.values() for m in ms])
     chosen = subjects or [s for s in manifest["subjects"] if s in known]
     for s in chosen:
@@ -347,7 +343,7 @@ def synthesize_responses(
 
     data = Path(data_dir)
     info = read_encoding_info(data)
-    model = load_model(checkpoint)
+    model = load_model(checkpoint, "voxel_encoder", "pass the checkpoint or release of an EncodingTask run")
     cfg = model.config
     if subject not in model.subjects:
         raise DataError(f"{checkpoint}: no readout for subject {subject!r} (has {list(model.subjects)}); fix: "

@@ -158,10 +158,7 @@ def evaluate_decoder(
     if not manifest_file.is_file():
         raise DataError(f"{manifest_file}: missing; fix: run `litbrain prepare` first")
     manifest = json.loads(manifest_file.read_text())
-    model = load_model(checkpoint)
-    if getattr(getattr(model, "config", None), "model_type", None) != "fmri_decoder":
-        raise DataError(f"{checkpoint}: holds a {getattr(model.config, 'model_type', type(model).__name__)!r} model, "
-                        f"not an fMRI decoder; fix: pass the checkpoint or release of an FmriDecodingTask run")
+    model = load_model(checkpoint, "fmri_decoder", "pass the checkpoint or release of an FmriDecodingTask run")
     known = model.subjects
     chosen = subjects or [s for s in manifest["subjects"] if s in known]
     for s in chosen:

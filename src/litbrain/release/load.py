@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from litbrain.errors import ReleaseError
+from litbrain.errors import DataError, ReleaseError
 from litbrain.release.export import model_from_source
 from litbrain.release.source import read_model_source
 
@@ -36,9 +36,18 @@ def load_release(path: str | os.PathLike, revision: str | None = None, cache_dir
     return model_from_source(read_model_source(path, revision, cache_dir, token))
 
 
-def load_model(path: str | os.PathLike) -> Any:
-    """A model in eval mode from a release folder, a ``.ckpt``, a ZeRO folder or a Hub repo id."""
-    return model_from_source(read_model_source(path))
+def load_model(path: str | os.PathLike, model_type: str | None = None, fix: str = "") -> Any:
+    """A model in eval mode from a release folder, a ``.ckpt``, a ZeRO folder or a Hub repo id.
+
+    ``model_type``: the registry type a caller needs; another type is refused (a DataError naming both
+    and ``fix``) before the model is built.
+    """
+    src = read_model_source(path)
+    found = getattr(src.config, "model_type", None)
+    if model_type is not None and found != model_type:
+        raise DataError(f"{path}: holds a {found!r} model, not a {model_type!r} one; "
+                        f"fix: {fix or 'pass a checkpoint or release of that model type'}")
+    return model_from_source(src)
 
 
 def load_tokenizer(path: str | os.PathLike) -> Any:
