@@ -44,7 +44,8 @@ from litbrain.errors import DataError
 from ..io import synthetic_is_current
 from litbrain.utils.io import atomic_dir
 
-__all__ = ["synthesize_fmri", "synthetic_oracle", "load_truth", "true_image_embedding", "true_text_embedding"]
+__all__ = ["ATTRIBUTES", "load_truth", "stimulus_attributes", "synthesize_fmri", "synthetic_oracle", "true_image_embedding",
+           "true_text_embedding"]
 
 TRUTH_FORMAT = "litbrain-synthetic-fmri/1"
 
@@ -54,6 +55,9 @@ _VPOS = ("top", "middle", "bottom")
 _SIZES = ("small", "large")
 _STRIPES = ("vertical", "rising", "horizontal", "falling")
 _BACKGROUNDS = ("dark", "light")
+# The generator's categorical attributes (what a caption says and a world probe is trained to read), with their values.
+ATTRIBUTES: dict[str, tuple[str, ...]] = {"colour": _COLOURS, "hpos": _HPOS, "vpos": _VPOS, "size": _SIZES,
+                                          "stripes": _STRIPES, "background": _BACKGROUNDS}
 _N_COARSE = len(_COLOURS) + len(_HPOS) + len(_VPOS) + len(_SIZES) + len(_STRIPES) + len(_BACKGROUNDS)
 
 
@@ -475,6 +479,18 @@ def load_truth(raw_dir: str | os.PathLike) -> dict[str, np.ndarray]:
     if str(truth.get("format")) != TRUTH_FORMAT:
         raise DataError(f"{path}: unknown truth format {truth.get('format')}; fix: regenerate with synthesize_fmri")
     return truth
+
+
+def stimulus_attributes(raw_dir: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The true categorical attributes of every stimulus of a synthetic dataset (from ``truth.npz``).
+
+    Returns ``{"stimulus_id": (n,) str, "<attribute>": (n,) int index into ATTRIBUTES[attribute]}``
+    for the attributes of :data:`ATTRIBUTES` (colour, hpos, vpos, size, stripes, background), in the
+    order of ``stimuli.tsv``: the labels a world probe learns and generated images are judged by.
+    """
+    truth = load_truth(raw_dir)
+    codes = _coarse_codes(np.asarray(truth["z"], np.float64))
+    return {"stimulus_id": np.asarray(truth["ids"]).astype(str), **{k: codes[k].astype(np.int64) for k in ATTRIBUTES}}
 
 
 def synthetic_oracle(raw_dir: str | os.PathLike, prepared_dir: str | os.PathLike, subject: str,
