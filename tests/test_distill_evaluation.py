@@ -86,4 +86,5 @@ def test_latency_bench_runs_and_reports_the_bar(tmp_path):
     assert all(v is None or v > 0 for s in r["settings"] for v in s["decode_tok_s"].values())
     assert all(s["first_token_s"]["decoder-only"] > 0 for s in r["settings"])
     assert "first_token_ratio_at_512" in r["bars"]
+    assert all(0 < v < 2 for s in r["settings"] for v in s["first_token_of_fp32_peak"].values())  # issue 20
     assert json.loads((tmp_path / "b.json").read_text())["parameters"] == p

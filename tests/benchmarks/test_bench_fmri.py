@@ -19,6 +19,7 @@ CONFIG = REPO / "configs" / "bench" / "fmri.yaml"
 
 ROWS = {
     "step_ms_bare", "step_ms_lightning", "step_ratio", "step_ratio_of_medians", "tiny_step_ratio", "implied_step_ratio",
+    "step_gflops_bare", "step_gflops_lightning", "step_of_peak_lightning",
     "datamodule_samples_per_s", "step_samples_per_s", "throughput_ratio",
     "train_data_1x_mb", "train_data_big_mb", "baseline_rss_mb", "peak_rss_1x_mb", "peak_rss_big_mb", "rss_ratio",
 }
@@ -55,6 +56,10 @@ def test_bench_fmri_tiny_table(tmp_path, capsys):
     step = next(r for r in on_disk["rows"] if r["key"] == "step_ratio")
     assert len(per_rep) == 3 and step["value"] == pytest.approx(statistics.median(per_rep))
     assert on_disk["config"]["memory_scale"] == 2
+    # the step against this run's matmul peak: GFLOP/s = FLOPs / the same median time (issue 20)
+    rows = {r["key"]: r["value"] for r in on_disk["rows"]}
+    assert rows["step_gflops_bare"] == pytest.approx(speed["step_gflop"] / (rows["step_ms_bare"] / 1000))
+    assert rows["step_of_peak_lightning"] == pytest.approx(rows["step_gflops_lightning"] / speed["fp32_peak_gflops"])
 
 
 def test_bench_config_is_complete_and_commented():

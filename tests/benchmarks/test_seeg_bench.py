@@ -1,6 +1,8 @@
 import json
 import math
 
+import pytest
+
 from litbrain.benchmarks.seeg import BARS, bench_seeg
 
 
@@ -17,6 +19,10 @@ def test_seeg_benchmark_prints_the_table_and_writes_positive_figures(tmp_path, c
     assert res["preset"] == "authors" and res["step_ms"] > 0
     assert f"{res['parameters']['classify']:,}" in table and "stage-3 step" in table
     assert res["parameters"]["vqvae"] > res["parameters"]["classify"] > 0
+    # the measured loops are reported against this run's matmul peak (issue 20)
+    step_row = next(r for r in res["rows"] if r["figure"].startswith("training step"))
+    assert 0 < step_row["of_fp32_peak"] < 2 and "of this machine's fp32 matmul peak" in table
+    assert step_row["gflops"] == pytest.approx(res["gflop_per_epoch"]["step"] * step_row["epochs_per_s"])
 
 
 def test_a_stale_synthetic_cache_is_regenerated_not_an_error(tmp_path, capsys):

@@ -31,6 +31,10 @@ def test_tiny_benchmark_prints_every_row(capsys):
     with pytest.raises(ValueError, match="trained_with"):
         bench_vlm_dropping(**TINY, trained_with=["tome"])
     assert res["trained_with"]["tome"]["proportional_attention"] is True  # no overrides: the setting as is
+    # prefill reported against this run's fp32 matmul peak (issue 20)
+    lat = res["latency"]["dense"]
+    assert 0 < lat["prefill_of_fp32_peak"] < 2 and "of this machine's fp32 matmul peak" in table
+    assert lat["prefill_gflops"] == pytest.approx(lat["prefill_gflop"] / (lat["prefill_ms"] / 1e3))
 
 
 def test_trained_overrides_reach_the_dropping_trainings_only(monkeypatch):
@@ -100,3 +104,5 @@ def test_lm_loop_benchmark_matches_hf_generate_token_for_token(capsys):
         assert r["same_tokens"]  # the two loops decode the same greedy tokens, every one of them
         assert r["first_token_ms_hf"] > 0 and r["decode_tok_s_litbrain"] > 0
     assert "decode tok/s HF" in out and "bar:" in out
+    assert all(0 < r["decode_of_fp32_peak"]["litbrain"] < 2 and 0 < r["first_token_of_fp32_peak"]["hf"] < 2
+               for r in res["rows"]) and "fp32 matmul peak" in out

@@ -17,7 +17,7 @@ import statistics
 import time
 from typing import Any, Callable, Iterator
 
-__all__ = ["count_flops", "interleaved", "matmul_peak", "threads", "time_call"]
+__all__ = ["achieved", "count_flops", "fp32_peak", "interleaved", "matmul_peak", "peak_line", "threads", "time_call"]
 
 
 @contextlib.contextmanager
@@ -97,3 +97,23 @@ def interleaved(calls: dict[str, Callable[[], Any]], rounds: int = 5, warmup: in
         "median": {n: statistics.median(v) for n, v in seconds.items()},
         "ratio_median": {n: statistics.median(a / b for a, b in zip(seconds[n], seconds[first])) for n in names},
     }
+
+
+def fp32_peak(n_threads: int, peak: dict[str, float] | None = None, sizes: tuple[int, ...] = (1024, 2048)) -> float:
+    """This machine's fp32 matmul GFLOP/s at ``n_threads`` (measured now unless ``peak`` already holds it)."""
+    key = f"float32/{int(n_threads)}t"
+    if peak is None or key not in peak:
+        peak = matmul_peak(dtypes=("float32",), thread_counts=(int(n_threads),), sizes=sizes)
+    return float(peak.get(key) or max(peak.values()))
+
+
+def achieved(flops: float, seconds: float, peak_gflops: float) -> dict[str, float]:
+    """``{"gflops", "of_fp32_peak"}`` of ``flops`` done in ``seconds``, against a measured peak."""
+    gflops = float(flops) / max(float(seconds), 1e-12) / 1e9
+    return {"gflops": gflops, "of_fp32_peak": gflops / float(peak_gflops)}
+
+
+def peak_line(peak_gflops: float, n_threads: int) -> str:
+    """The header line every benchmark prints under its table: what the fractions are relative to."""
+    return (f"fractions are of this machine's fp32 matmul peak, {peak_gflops:.0f} GFLOP/s at {n_threads} thread(s), "
+            f"measured in this run (FLOPs by torch.utils.flop_counter: matmuls/convolutions/attention only)")

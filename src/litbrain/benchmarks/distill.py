@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from litbrain.benchmarks.common import interleaved, threads
+from litbrain.benchmarks.common import achieved, count_flops, fp32_peak, interleaved, peak_line, threads
 from litbrain.nn.distill import (CausalLm, CausalLmConfig, Seq2SeqStudent, Seq2SeqStudentConfig, count_parameters,
                                  decoder_only_twin)
 from litbrain.utils.io import atomic_write_text
@@ -80,6 +80,9 @@ def bench_distill(student: dict[str, Any] | None = None, teacher: dict[str, Any]
         "threads": n_threads, "output_tokens": output_tokens, "rounds": rounds,
         "parameters": {k: count_parameters(m) for k, m in models.items()}, "settings": []}
     g = torch.Generator().manual_seed(0)
+    # the prefill against this machine's fp32 matmul peak (CPU), measured in this run
+    peak = fp32_peak(n_threads) if not device.startswith("cuda") else None
+    result["fp32_peak_gflops"] = peak
     with threads(n_threads):
         for length in lengths:
             for batch in batches:
@@ -91,6 +94,10 @@ def bench_distill(student: dict[str, Any] | None = None, teacher: dict[str, Any]
                        # None where noise made t(out) <= t(1): no decode time could be resolved
                        "decode_tok_s": {k: (batch * (output_tokens - 1) / (full["median"][k] - first["median"][k])
                                             if full["median"][k] > first["median"][k] else None) for k in models}}
+                if peak:
+                    row["first_token_of_fp32_peak"] = {
+                        k: achieved(count_flops(lambda m=m: _generate(m, ids, 1, device)), first["median"][k],
+                                    peak)["of_fp32_peak"] for k, m in models.items()}
                 # ratio of the encoder-decoder's first-token time to the decoder-only's, within rounds
                 row["first_token_ratio_vs_decoder_only"] = statistics.median(
                     a / b for a, b in zip(first["seconds"]["encoder-decoder"], first["seconds"]["decoder-only"]))
@@ -98,11 +105,15 @@ def bench_distill(student: dict[str, Any] | None = None, teacher: dict[str, Any]
                 print(f"[distill bench] input {length} batch {batch}: first token " +
                       ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in row["first_token_s"].items()) +
                       f" (enc-dec / dec-only {row['first_token_ratio_vs_decoder_only']:.2f}); decode tok/s " +
-                      ", ".join(f"{k} {v:.0f}" if v else f"{k} n/a" for k, v in row["decode_tok_s"].items()), file=sys.stderr, flush=True)
+                      ", ".join(f"{k} {v:.0f}" if v else f"{k} n/a" for k, v in row["decode_tok_s"].items()) +
+                      ("; prefill of fp32 peak " + ", ".join(f"{k} {v:.1%}" for k, v in row["first_token_of_fp32_peak"].items())
+                       if peak else ""), file=sys.stderr, flush=True)
     at512 = [r["first_token_ratio_vs_decoder_only"] for r in result["settings"] if r["input"] == 512]
     if at512:
         value = max(at512)
         result["bars"] = {"first_token_ratio_at_512": {"value": value, "bar": "<= 0.6", "met": value <= 0.6}}
+    if peak:
+        print("[distill bench] " + peak_line(peak, n_threads), file=sys.stderr, flush=True)
     if out_json:
         atomic_write_text(out_json, json.dumps(result, indent=2) + "\n")
     return result

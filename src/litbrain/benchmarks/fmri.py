@@ -184,6 +184,11 @@ def _rows(speed: dict, memory: dict, config: dict) -> list[dict[str, Any]]:
         ("step_ratio", "(a) Lightning / bare, median of per-rep ratios", speed["paired_ratio_median"], "x"),
         ("step_ratio_of_medians", "(a) Lightning / bare, ratio of medians", speed["lightning_ms"] / speed["bare_ms"],
          "x"),
+        ("step_gflops_bare", f"(a) bare step, {speed['step_gflop']:.2f} GFLOP fwd+bwd", speed["bare_achieved"]["gflops"],
+         "GFLOP/s"),
+        ("step_gflops_lightning", "(a) Lightning step", speed["lightning_achieved"]["gflops"], "GFLOP/s"),
+        ("step_of_peak_lightning", f"(a) Lightning step / fp32 matmul peak ({speed['fp32_peak_gflops']:.0f} GFLOP/s)",
+         speed["lightning_achieved"]["of_fp32_peak"], "of peak"),
         ("tiny_step_ratio", "(a) Lightning / bare, width-32 model", speed["tiny_step_ratio"], "x"),
         ("implied_step_ratio", f"(a) 1 + its overhead ({speed['tiny_overhead_ms']:.1f} ms) / bare step",
          1.0 + speed["tiny_overhead_ms"] / speed["bare_ms"], "x"),
@@ -220,7 +225,7 @@ def format_table(doc: dict[str, Any]) -> str:
     body = []
     for r in doc["rows"]:
         v = r["value"]
-        text = f"{v:.3f}" if r["unit"] == "x" else (f"{v:.1f}" if abs(v) < 1e4 else f"{v:.0f}")
+        text = f"{v:.3f}" if r["unit"] in ("x", "of peak") else (f"{v:.1f}" if abs(v) < 1e4 else f"{v:.0f}")
         verdict = "" if "pass" not in r else ("PASS" if r["pass"] else "FAIL")
         body.append((r["figure"], text, r["unit"], r.get("bar", ""), verdict))
     widths = [max(len(str(x[i])) for x in [header, *body]) for i in range(len(header))]
@@ -279,7 +284,15 @@ def _speed_checks(prepared: Path, *, num_threads: int, seed: int, width: int, n_
             f"median steps {bare_med[-1]:.1f} vs {light_med[-1]:.1f} ms; width-32 {tiny_bare[-1]:.1f} vs "
             f"{tiny_light[-1]:.1f} ms), DataModule {data_sps[-1]:.0f} samples/s")
     lightning_ms = statistics.median(light_ms)
+    from litbrain.benchmarks.common import achieved, fp32_peak
+
+    flops = _step_flops(batches[0], task_kw, seed)
+    peak = fp32_peak(num_threads)
     return {
+        "step_gflop": flops / 1e9,
+        "fp32_peak_gflops": peak,
+        "bare_achieved": achieved(flops, statistics.median(bare_ms) / 1000.0, peak),
+        "lightning_achieved": achieved(flops, lightning_ms / 1000.0, peak),
         "bare_ms": statistics.median(bare_ms),
         "lightning_ms": lightning_ms,
         "bare_ms_per_rep": bare_ms,
@@ -365,6 +378,20 @@ def _bare_run(batches, task_kw, seed) -> tuple[list[float], list, int]:
         losses.append(loss.detach())
     n_params = sum(p.numel() for p in model.parameters())
     return times, losses, n_params
+
+
+def _step_flops(batch, task_kw, seed) -> int:
+    """FLOPs of one training step's forward + backward (the optimiser's elementwise work is not counted)."""
+    import torch
+
+    from litbrain.benchmarks.common import count_flops
+    from litbrain.nn import BrainDecoder, BrainDecoderConfig
+    from litbrain.tasks.fmri_decoding import decoder_loss
+
+    h = _task_hparams(task_kw)
+    torch.manual_seed(seed)
+    model = BrainDecoder(BrainDecoderConfig(**h.net)).train()
+    return count_flops(lambda: decoder_loss(model, batch, 0.0, h)[0].backward())
 
 
 def _lightning_run(batches, task_kw, seed) -> tuple[list[float], list]:

@@ -154,6 +154,17 @@ def bench_seeg(
             n += int(b["subject"].shape[0])
         return n / (time.perf_counter() - t)
 
+    # FLOPs of one sample through the step (fwd + bwd) and the encoder, for GFLOP/s against the peak
+    from litbrain.benchmarks.common import achieved, count_flops, fp32_peak, peak_line
+
+    b0 = batches[0]
+    n0 = int(b0["subject"].shape[0])
+    step_flops = count_flops(lambda: torch.nn.functional.cross_entropy(model(b0["brain"]), b0["label"]).backward()) / n0
+    opt.zero_grad(set_to_none=True)
+    with torch.inference_mode():
+        enc_flops = count_flops(lambda: model.encoder(b0["brain"])) / n0
+    peak = fp32_peak(num_threads)
+
     read, step, enc = [], [], []
     for r in range(repetitions):
         read.append(reading())
@@ -164,8 +175,9 @@ def bench_seeg(
     rows = [
         {"figure": "reading (DataModule over prepared shards)", "epochs_per_s": med["reading"]},
         {"figure": "preprocessing (prepare_seeg from BIDS, once)", "epochs_per_s": n_epochs_total / prep_s},
-        {"figure": "training step (stage 3, fwd+bwd+AdamW)", "epochs_per_s": med["step"]},
-        {"figure": "encoder forward (inference)", "epochs_per_s": med["encoder"]},
+        {"figure": "training step (stage 3, fwd+bwd+AdamW)", "epochs_per_s": med["step"],
+         **achieved(step_flops * med["step"], 1.0, peak)},
+        {"figure": "encoder forward (inference)", "epochs_per_s": med["encoder"], **achieved(enc_flops * med["encoder"], 1.0, peak)},
     ]
     ratios = {"reading_over_step": med["reading"] / med["step"], "preprocessing_over_step": rows[1]["epochs_per_s"] / med["step"]}
     n_params = sum(p.numel() for p in model.encoder.parameters())
@@ -175,14 +187,17 @@ def bench_seeg(
               f"median of {repetitions} interleaved reps\n"
               f"preset {preset!r}: parameters vqvae / mae / classify = {counts['vqvae']:,} / {counts['mae']:,} / "
               f"{counts['classify']:,}; stage-3 step {1000 * batch_size / med['step']:.0f} ms per batch of {batch_size}")
-    lines = [header, f"{'figure':<48}{'epochs/s':>12}", "-" * 60]
-    lines += [f"{r['figure']:<48}{r['epochs_per_s']:>12.1f}" for r in rows]
+    lines = [header, f"{'figure':<48}{'epochs/s':>12}{'GFLOP/s':>10}{'of fp32 peak':>14}", "-" * 84]
+    lines += [f"{r['figure']:<48}{r['epochs_per_s']:>12.1f}" + (f"{r['gflops']:>10.1f}{r['of_fp32_peak']:>13.0%}"
+                                                               if "gflops" in r else "") for r in rows]
+    lines.append(peak_line(peak, num_threads))
     lines.append(f"reading / training step = {ratios['reading_over_step']:.1f}x (bar >= {BARS['reading_over_step'][1]:g}x: "
                  f"{'PASS' if ratios['reading_over_step'] >= BARS['reading_over_step'][1] else 'FAIL'})")
     lines.append(f"preprocessing / training step = {ratios['preprocessing_over_step']:.1f}x (one-time cost, no bar)")
     print("\n".join(lines))
     result = {"rows": rows, "ratios": ratios, "header": header, "preset": preset, "parameters": counts,
-              "step_ms": 1000 * batch_size / med["step"], "reps": {"reading": read, "step": step, "encoder": enc}}
+              "step_ms": 1000 * batch_size / med["step"],
+              "fp32_peak_gflops": peak, "gflop_per_epoch": {"step": step_flops / 1e9, "encoder": enc_flops / 1e9}, "reps": {"reading": read, "step": step, "encoder": enc}}
     if output:
         atomic_write_text(output, json.dumps(result, indent=2))
     return result

@@ -114,15 +114,22 @@ def _latency(model, batch, cfg, new_tokens: int, reps: int) -> dict[str, float]:
 
     from litbrain.nn.lm_dropping import decode_step, prefill
 
+    from litbrain.benchmarks.common import count_flops
+
     model.eval()
     pol = cfg.policy(model.n_patches)
     pre_t, dec_t = [], []
+
+    def run_prefill():
+        _, inp = model.lm_inputs(batch, cfg, left_pad=True)
+        return inp, prefill(model.lm, inp.embeds, inp.attention_mask, inp.kind, inp.key, position_ids=inp.position_ids,
+                            policy=pol, use_cache=True, logits_mode="last", size=inp.size)
+
     with torch.no_grad():
+        prefill_flops = count_flops(run_prefill)  # vision tower + LM prefill, as timed below
         for _ in range(reps):
             t0 = time.perf_counter()
-            _, inp = model.lm_inputs(batch, cfg, left_pad=True)
-            out = prefill(model.lm, inp.embeds, inp.attention_mask, inp.kind, inp.key, position_ids=inp.position_ids,
-                          policy=pol, use_cache=True, logits_mode="last", size=inp.size)
+            inp, out = run_prefill()
             nxt = out.logits.argmax(-1)
             t1 = time.perf_counter()
             pos, L = out.next_position, inp.embeds.shape[1]
@@ -133,7 +140,7 @@ def _latency(model, batch, cfg, new_tokens: int, reps: int) -> dict[str, float]:
             dec_t.append(t2 - t1)
     B = batch["image"].shape[0]
     pre, dec = sorted(pre_t)[len(pre_t) // 2], sorted(dec_t)[len(dec_t) // 2]
-    return {"prefill_ms": 1e3 * pre, "decode_tok_s": B * new_tokens / dec}
+    return {"prefill_ms": 1e3 * pre, "decode_tok_s": B * new_tokens / dec, "prefill_gflop": prefill_flops / 1e9}
 
 
 def _with_dropping(task_kwargs: dict[str, Any], dropping: dict[str, Any]) -> dict[str, Any]:
@@ -286,8 +293,13 @@ def bench_vlm_dropping(
     dense_flops = rows["dense"]["gflops"]
     for r in rows.values():
         r["flops_saved"] = 1.0 - r["gflops"] / dense_flops
-    latency = {k: {m: _mean([r["latency"][k][m] for r in runs]) for m in ("prefill_ms", "decode_tok_s")}
+    latency = {k: {m: _mean([r["latency"][k][m] for r in runs]) for m in ("prefill_ms", "decode_tok_s", "prefill_gflop")}
                for k in latency_cfgs}
+    from litbrain.benchmarks.common import achieved, fp32_peak, peak_line
+
+    peak = fp32_peak(int(threads))
+    for v in latency.values():
+        v.update({"prefill_" + k: x for k, x in achieved(v["prefill_gflop"] * 1e9, v["prefill_ms"] / 1e3, peak).items()})
     train_seconds = {k: _mean([r["train_seconds"][k] for r in runs]) for k in first["train_seconds"]}
     chance = first["chance"]
     n_patch = first["n_patches"]
@@ -322,9 +334,12 @@ def bench_vlm_dropping(
                  f"{chance['majority_per_type']:.3f}")
     lines.append("")
     lines.append(f"{'latency (dense-trained model, batch ' + str(first['batch_size']) + ')':<40}"
-                 f"{'prefill ms':>12}{'decode tok/s':>14}" + ("   (mean over seeds)" if multi else ""))
+                 f"{'prefill ms':>12}{'decode tok/s':>14}{'prefill GFLOP/s':>17}{'of fp32 peak':>14}"
+                 + ("   (mean over seeds)" if multi else ""))
     for k, v in latency.items():
-        lines.append(f"{k:<40}{v['prefill_ms']:>12.1f}{v['decode_tok_s']:>14.0f}")
+        lines.append(f"{k:<40}{v['prefill_ms']:>12.1f}{v['decode_tok_s']:>14.0f}{v['prefill_gflops']:>17.1f}"
+                     f"{v['prefill_of_fp32_peak']:>13.1%}")
+    lines.append(peak_line(peak, int(threads)))
     lines.append("")
     for k, ok in bars.items():
         lines.append(f"bar: {k}: {'PASS' if ok else 'FAIL'}" + (" on the mean" if multi else "")
@@ -364,7 +379,7 @@ def bench_lm_loop(
     """
     import torch
 
-    from litbrain.benchmarks.common import interleaved
+    from litbrain.benchmarks.common import achieved, count_flops, fp32_peak, interleaved, peak_line
     from litbrain.nn.encoders import causal_lm
     from litbrain.nn.lm_dropping import KIND_TEXT, decode_step, prefill
 
@@ -375,6 +390,7 @@ def bench_lm_loop(
     torch.set_num_threads(int(threads))
     torch.manual_seed(seed)
     model = causal_lm(dict(cfg), "eager").eval()
+    peak = fp32_peak(int(threads))
     rows = []
     for B in batch_sizes:
         embeds = torch.randn(B, prompt_tokens, model.config.hidden_size) * 0.02
@@ -398,6 +414,8 @@ def bench_lm_loop(
                                      do_sample=False, use_cache=True, pad_token_id=0)
                 got["hf"] = ids[:, -n:]
 
+        first_flops = count_flops(lambda: ours(1))
+        decode_flops = (count_flops(lambda: ours(new_tokens)) - first_flops) / max(new_tokens - 1, 1)
         first = interleaved({"hf": lambda: hf(1), "litbrain": lambda: ours(1)}, rounds=rounds)
         full = interleaved({"hf": lambda: hf(new_tokens), "litbrain": lambda: ours(new_tokens)}, rounds=rounds)
         same = bool(torch.equal(got["ours"], got["hf"]))
@@ -407,14 +425,21 @@ def bench_lm_loop(
         rows.append({"batch": B, "first_token_ms_hf": 1e3 * first["median"]["hf"],
                      "first_token_ms_litbrain": 1e3 * first["median"]["litbrain"],
                      "decode_tok_s_hf": dec["hf"], "decode_tok_s_litbrain": dec["litbrain"],
-                     "decode_ratio_median": statistics.median(per_round), "same_tokens": same})
+                     "decode_ratio_median": statistics.median(per_round), "same_tokens": same,
+                     "first_token_of_fp32_peak": {k: achieved(first_flops, first["median"][k], peak)["of_fp32_peak"]
+                                                  for k in ("hf", "litbrain")},
+                     "decode_of_fp32_peak": {k: achieved(decode_flops * B, B / dec[k], peak)["of_fp32_peak"]
+                                             for k in ("hf", "litbrain")}})
     lines = [f"LM decoding loops, dense {cfg.get('model_type')} {cfg.get('num_hidden_layers')}x{cfg.get('hidden_size')}, "
              f"prompt {prompt_tokens} tokens, {new_tokens} new, {threads} thread(s), {rounds} interleaved rounds",
-             f"{'batch':>5}{'first token HF':>16}{'litbrain':>10}{'decode tok/s HF':>17}{'litbrain':>10}{'ratio':>8}  same tokens"]
+             f"{'batch':>5}{'first token HF':>16}{'litbrain':>10}{'decode tok/s HF':>17}{'litbrain':>10}{'ratio':>8}"
+             f"{'of fp32 peak: prefill HF/litbrain':>36}{'decode HF/litbrain':>20}  same tokens"]
     for r in rows:
+        fp, dp = r["first_token_of_fp32_peak"], r["decode_of_fp32_peak"]
         lines.append(f"{r['batch']:>5}{r['first_token_ms_hf']:>14.1f}ms{r['first_token_ms_litbrain']:>8.1f}ms"
                      f"{r['decode_tok_s_hf']:>17.1f}{r['decode_tok_s_litbrain']:>10.1f}{r['decode_ratio_median']:>7.2f}x"
-                     f"  {r['same_tokens']}")
+                     f"{fp['hf']:>28.1%} / {fp['litbrain']:<6.1%}{dp['hf']:>12.1%} / {dp['litbrain']:<6.1%}  {r['same_tokens']}")
+    lines.append(peak_line(peak, int(threads)))
     lines.append("bar: litbrain decode tokens/s >= 0.9x HF generate (median of per-round ratios)")
     print("\n".join(lines), flush=True)
     result = {"rows": rows, "config": {"lm": cfg, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
