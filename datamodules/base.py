@@ -6,6 +6,9 @@ loaders (one per subject for evaluation) and a train loader that resumes mid-epo
 * :class:`MultiSubjectBatchSampler` -- equal share of every subject per batch, reshuffled every
   epoch, DDP-aware (each rank takes a disjoint share), resumable.
 * :class:`MultiSubjectDataModule` -- the loaders shared by the fMRI and sEEG DataModules.
+* :class:`SplitLoaders` -- the four loader hooks of a single-table DataModule (train shuffled,
+  val / test / predict in order) over its own ``_loader(split, shuffle)``; :func:`pad_sequences`
+  -- right-padded id tensors and their masks, for the token DataModules.
 * :class:`ResumableDataLoader` -- Lightning (2.x) saves ``loader.state_dict()`` in the fit loop's
   checkpoint state and calls ``loader.load_state_dict(...)`` when it restarts mid-epoch; without
   it, a resumed epoch starts its batch stream from the beginning again and trains on the wrong
@@ -27,7 +30,43 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-__all__ = ["GroupedRows", "MultiSubjectBatchSampler", "MultiSubjectDataModule", "ResumableDataLoader"]
+__all__ = ["GroupedRows", "MultiSubjectBatchSampler", "MultiSubjectDataModule", "ResumableDataLoader", "SplitLoaders",
+           "pad_sequences"]
+
+
+def pad_sequences(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, mask)``: the sequences right-padded with ``pad`` to the longest, and where they are real."""
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.bool)
+    for b, s in enumerate(seqs):
+        ids[b, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[b, : len(s)] = True
+    return ids, mask
+
+
+class SplitLoaders:
+    """Lightning's loader hooks for a DataModule with one table per split.
+
+    The DataModule defines ``_loader(split, shuffle) -> DataLoader``; training shuffles (the
+    DataModule drops its ragged last batch there), evaluation reads in order, and predict reads
+    the test split.
+    """
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        raise NotImplementedError
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
 
 
 class ResumableDataLoader(DataLoader):

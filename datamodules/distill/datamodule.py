@@ -24,6 +24,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..base import SplitLoaders, pad_sequences
 from litbrain.errors import DataError
 
 from .synthetic import make_item, train_tokenizer
@@ -48,22 +49,13 @@ class FactsDataset(Dataset):
         return {"source": [self.tok.bos_token_id, *src], "target": [*ans, self.tok.eos_token_id]}
 
 
-def _pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    n = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), n), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), n), dtype=torch.bool)
-    for b, s in enumerate(seqs):
-        ids[b, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[b, : len(s)] = True
-    return ids, mask
-
 
 def collate_facts(items: list[dict], pad_id: int, bos_id: int) -> dict[str, torch.Tensor]:
     """The batch dict of the module docstring from items ``{"source": ids, "target": ids}``."""
-    src, src_mask = _pad([it["source"] for it in items], pad_id)
-    tgt, tgt_mask = _pad([it["target"] for it in items], pad_id)
+    src, src_mask = pad_sequences([it["source"] for it in items], pad_id)
+    tgt, tgt_mask = pad_sequences([it["target"] for it in items], pad_id)
     dec = torch.cat([torch.full_like(tgt[:, :1], bos_id), tgt[:, :-1]], 1)
-    lm, lm_mask = _pad([it["source"] + it["target"] for it in items], pad_id)
+    lm, lm_mask = pad_sequences([it["source"] + it["target"] for it in items], pad_id)
     lm_labels = torch.full_like(lm, IGNORE_INDEX)
     for b, it in enumerate(items):
         s = len(it["source"])
@@ -81,7 +73,7 @@ class _Collate:
         return collate_facts(items, self.pad_id, self.bos_id)
 
 
-class FactsDataModule(pl.LightningDataModule):
+class FactsDataModule(SplitLoaders, pl.LightningDataModule):
     """Facts + question -> two-word answer, with known answers.
 
     Args:
@@ -124,11 +116,5 @@ class FactsDataModule(pl.LightningDataModule):
                           collate_fn=_Collate(self.tokenizer.pad_token_id, self.tokenizer.bos_token_id),
                           drop_last=shuffle)
 
-    def train_dataloader(self) -> DataLoader:
-        return self.loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self.loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self.loader("test")
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return self.loader(split, shuffle)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..base import SplitLoaders, pad_sequences
 from litbrain.errors import DataError
 
 from .synthetic import (
@@ -75,21 +76,12 @@ class SyntheticVqaDataset(Dataset):
         return self._cache[i] if self._cache is not None else self._make(i)
 
 
-def _pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    L = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), L), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), L), dtype=torch.bool)
-    for b, s in enumerate(seqs):
-        ids[b, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[b, : len(s)] = True
-    return ids, mask
-
 
 def collate_vqa(items: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
     """Stack items into the batch dict documented in the module docstring."""
     img = torch.from_numpy(np.stack([it["image"] for it in items])).permute(0, 3, 1, 2).float()
-    q, qm = _pad([it["question"] for it in items], pad_id)
-    a, am = _pad([it["answer"] for it in items], pad_id)
+    q, qm = pad_sequences([it["question"] for it in items], pad_id)
+    a, am = pad_sequences([it["answer"] for it in items], pad_id)
     return {
         "image": (img / 255.0 - 0.5) / 0.5,
         "question": q,
@@ -111,7 +103,7 @@ class _Collate:
         return collate_vqa(items, self.pad_id)
 
 
-class VqaDataModule(pl.LightningDataModule):
+class VqaDataModule(SplitLoaders, pl.LightningDataModule):
     """Synthetic image-question-answer world (shapes, colours, positions) with known answers.
 
     Args:
@@ -190,15 +182,3 @@ class VqaDataModule(pl.LightningDataModule):
         return DataLoader(self.dataset(split), batch_size=self.batch_size, shuffle=shuffle, generator=g if shuffle else None,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           collate_fn=_Collate(self.tokenizer.pad_token_id), drop_last=shuffle)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..base import SplitLoaders
 from litbrain.errors import ConfigError
 
 from ..io import read_tsv
@@ -58,7 +59,7 @@ class _Windows(Dataset):
         return out
 
 
-class WaveDataModule(pl.LightningDataModule):
+class WaveDataModule(SplitLoaders, pl.LightningDataModule):
     """Parcel-series windows of a set prepared by ``litbrain wave prepare``.
 
     Args:
@@ -154,15 +155,3 @@ class WaveDataModule(pl.LightningDataModule):
         bs = max(1, min(self.batch_size, len(ds)))
         return DataLoader(ds, batch_size=bs, shuffle=shuffle, drop_last=shuffle, num_workers=self.num_workers,
                           generator=g if shuffle else None)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
