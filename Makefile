@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 # quiet and 0.39x when another job shares it (OpenMP barriers stall); README "Threads" has the figures.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install demo nsd-demo seeg-demo seeg-few-labels seeg-hg-demo encoding-demo distill-demo bench-distill wave-demo test test-fast bench bench-nsd bench-seeg bench-vit bench-vlm \
+.PHONY: install demo nsd-demo seeg-demo seeg-few-labels seeg-hg-demo encoding-demo distill-demo bench-distill gill-demo bench-gill wave-demo test test-fast bench bench-nsd bench-seeg bench-vit bench-vlm \
   clean-demo
 
 install: $(STAMP)
@@ -161,3 +161,20 @@ distill-demo: $(STAMP)
 
 bench-distill: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/litbrain distill bench --config configs/bench/distill.yaml
+
+# GILL on the synthetic world (~25 min CPU): world -> causal LM on its text (HF folder) -> GILL on the
+# frozen LM -> release -> evaluate (table + figure). Generation rows need the world pipeline and probe
+# (the generation family's): GILL_PIPELINE=<folder> GILL_PROBE=<release> make gill-demo.
+GILL := runs/gill_demo
+GILL_PIPELINE ?= null
+GILL_PROBE ?= null
+gill-demo: $(STAMP)
+	$(BIN)/litbrain gill synthesize --config configs/gill/world.yaml
+	$(BIN)/litbrain fit --config configs/gill/lm.yaml
+	$(BIN)/litbrain export --hf true --checkpoint $(GILL)/lm/checkpoints/best.ckpt --out $(GILL)/lm_hf --overwrite true
+	$(BIN)/litbrain fit --config configs/gill/gill.yaml --model.init_args.net.pipeline $(GILL_PIPELINE)
+	$(BIN)/litbrain export --checkpoint $(GILL)/gill/checkpoints/best.ckpt --out $(GILL)/release --overwrite true
+	$(BIN)/litbrain gill evaluate --config configs/gill/evaluate_demo.yaml --pipeline $(GILL_PIPELINE) --probe $(GILL_PROBE)
+
+bench-gill: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/litbrain gill bench --config configs/bench/gill.yaml --pipeline $(GILL_PIPELINE)

@@ -115,6 +115,15 @@ FAMILIES: dict[str, dict[str, Verb]] = {
                       "first-token latency and decode tok/s: encoder-decoder vs decoder-only vs teacher "
                       "(configs/bench/distill.yaml)"),
     },
+    "gill": {
+        "synthesize": Verb("litbrain.datamodules.fmri.synthetic:synthesize_fmri",
+                           "write GILL's world: the fMRI stimulus world's images, captions and image features (64 px)"),
+        "evaluate": Verb("litbrain.evaluation.gill:evaluate_gill",
+                         "GILL on held-out prompts: mapper distance/cosine, decision accuracy, R@1 vs chance, "
+                         "generated-image attribute accuracy vs the pipeline from the prompt, figure"),
+        "bench": Verb("litbrain.benchmarks.gill:bench_gill",
+                      "GILL training steps/s and seconds per generated image at 25 steps (configs/bench/gill.yaml)"),
+    },
 }
 
 # Earlier verb names, kept working.
@@ -137,6 +146,8 @@ FAMILY_HELP = {
     "vlm": "vision-language models with vision-token dropping (MustDrop, ToMe, FastV): bench, bench-vit",
     "distill": "distillation of a decoder-only LM into an encoder-decoder student (Return of the Encoder): "
                "evaluate, bench (export --hf true: Hugging Face format)",
+    "gill": "GILL: a frozen LM that answers with images ([IMG] tokens, mapper, retrieve-or-generate): synthesize, "
+            "evaluate, bench",
 }
 
 
