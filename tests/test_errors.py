@@ -203,7 +203,36 @@ CASES = {
                                                   "T5GemmaForConditionalGeneration is not a decoder-only causal LM"),
     "distill fit: source longer than the student's positions": (
         _DISTILL + ["--model.init_args.net.max_positions", "32"], "longer than the student's 32 positions"),
+    # GILL
+    "gill evaluate: generation asked of an LM without [IMG] tokens": (
+        ["gill", "evaluate", "--model", "{gillbad}/plain_lm", "--out_dir", "{tmp}/res"], "has no [IMG] tokens"),
+    "gill evaluate: mapper width != the pipeline's cross-attention width": (
+        ["gill", "evaluate", "--model", "{gillbad}/gill", "--pipeline", "{gillbad}/pipe32", "--out_dir", "{tmp}/res"],
+        "net.mapper.out_dim=24 but pipeline="),
 }
+
+
+@pytest.fixture(scope="module")
+def gill_inputs(tmp_path_factory):
+    """A causal LM release (tokenizer without [IMG] tokens), a GILL release (mapper 24 wide), a UNet 32 wide."""
+    from litbrain.datamodules.distill.synthetic import train_tokenizer
+    from litbrain.nn.distill import CausalLm, CausalLmConfig
+    from litbrain.nn.gill import GillModel, tiny_llama
+    from litbrain.release import save_release
+    from litbrain.tasks.vlm import tokenizer_files
+    from tests.helpers.gill import tiny_net, tiny_pipeline
+
+    d = tmp_path_factory.mktemp("gill_bad")
+    tok = train_tokenizer(["a b c d"])
+    save_release(CausalLm(CausalLmConfig(lm=tiny_llama(vocab_size=len(tok)))), d / "plain_lm",
+                 files=tokenizer_files(tok))
+    from litbrain.datamodules.gill import gill_tokenizer
+
+    gill_tok = gill_tokenizer(train_tokenizer([" ".join(f"w{i}" for i in range(36))]), 40)
+    save_release(GillModel(tiny_net(tiny_llama(vocab_size=40, hidden_size=16, intermediate_size=32), out_dim=24,
+                                    tokens=6)), d / "gill", files=tokenizer_files(gill_tok))
+    tiny_pipeline(cross_attention_dim=32).save_pretrained(d / "pipe32")
+    return {"{gillbad}": str(d)}
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +258,7 @@ def wave_inputs(tmp_path_factory):
 @pytest.mark.parametrize("name", list(CASES))
 def test_every_bad_input_is_one_line_naming_the_cause_and_the_fix(name, tmp_path, capsys, tiny_prepared, raw_3d,
                                                                   tiny_seeg_prepared, encoding_inputs, distill_inputs,
-                                                                  wave_inputs):
+                                                                  wave_inputs, gill_inputs):
     argv, expected = CASES[name]
     typo = tmp_path / "typo.yaml"
     typo.write_text("trainer:\n  max_epoch: 3\n")
@@ -237,7 +266,7 @@ def test_every_bad_input_is_one_line_naming_the_cause_and_the_fix(name, tmp_path
     text.write_text("these are my notes, not a checkpoint\n")
     fill = {"{tmp}": str(tmp_path), "{prepared}": str(tiny_prepared), "{raw3d}": str(raw_3d), "{typo}": str(typo),
             "{text}": str(text), "{seeg}": str(tiny_seeg_prepared), **encoding_inputs,
-            **distill_inputs, **wave_inputs}
+            **distill_inputs, **wave_inputs, **gill_inputs}
 
     def sub(a: str) -> str:
         for k, v in fill.items():

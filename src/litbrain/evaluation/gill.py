@@ -197,6 +197,8 @@ def evaluate_gill(model: str = "runs/gill_demo/release", world: str = "data/gill
 
     gill, tok = load_gill(model)
     pipe_spec = pipeline or gill.config.pipeline
+    if pipe_spec:  # the cheap check first: the mapper's width against the UNet's, from its config alone
+        check_cross_attention_width(gill.config.mapper.out_dim, _unet_width(pipe_spec), f"pipeline={pipe_spec}")
     lm = gill.config.lm
     if not isinstance(lm, str):
         raise ConfigError(f"model={model}: its LM is a config dict (a test model), not a folder with a tokenizer; "
@@ -209,11 +211,7 @@ def evaluate_gill(model: str = "runs/gill_demo/release", world: str = "data/gill
     dm.setup("test")
     if dm.target_width != gill.config.mapper.out_dim:
         check_cross_attention_width(gill.config.mapper.out_dim, dm.target_width, f"text_encoder={dm.text_encoder_spec}")
-    pipe = None
-    if pipe_spec:
-        pipe = _load_pipeline(pipe_spec)
-        check_cross_attention_width(gill.config.mapper.out_dim, pipe.unet.config.cross_attention_dim,
-                                    f"pipeline={pipe_spec}")
+    pipe = _load_pipeline(pipe_spec) if pipe_spec else None
     infer = GillInference(gill, dm.tokenizer, dm.bank_features(), pipe, dm.negative_prompt_embeds, guidance_scale, steps,
                           seed=seed)
     w = dm.world
@@ -268,6 +266,18 @@ def evaluate_gill(model: str = "runs/gill_demo/release", world: str = "data/gill
     if fig:
         print(f"figure: {fig}")
     return metrics
+
+
+def _unet_width(spec: str) -> int:
+    """The UNet's cross_attention_dim from a pipeline folder's unet/config.json (or the loaded pipeline)."""
+    folder = Path(str(spec).removeprefix("diffusers:"))
+    if folder.is_dir():
+        cfg = folder / "unet" / "config.json"
+        if not cfg.is_file():
+            raise ConfigError(f"pipeline={spec}: no unet/config.json in that folder; fix: a diffusers pipeline folder "
+                              f"(save_pretrained writes unet/, vae/, text_encoder/, tokenizer/, scheduler/)")
+        return int(json.loads(cfg.read_text())["cross_attention_dim"])
+    return int(_load_pipeline(spec).unet.config.cross_attention_dim)
 
 
 def _load_pipeline(spec: str) -> Any:
