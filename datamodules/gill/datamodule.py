@@ -2,7 +2,8 @@
 
 :class:`WorldTextDataModule` (for :class:`~litbrain.tasks.distill.CausalLmTask`): the training
 stimuli's captions (``captions.tsv``), full-description prompts and short question / answer
-dialogues made from them, as ``[source | target]`` items (the distill family's batch keys
+dialogues made from them (captions and descriptions as running text, without <eos>; answers end with
+it), as ``[source | target]`` items (the distill family's batch keys
 ``lm_input`` / ``lm_mask`` / ``lm_labels`` and ``source`` / ``target`` for greedy validation on the
 held-out stimuli's dialogues). Its word-level tokenizer is saved beside the LM.
 
@@ -21,8 +22,8 @@ held-out stimuli's dialogues). Its word-level tokenizer is saved beside the LM.
      "index":      LongTensor[B],      # stimulus index in the world
      "bank_index": LongTensor[B]}      # its position in the retrieval bank, -1 if not a bank image
 
-Training: training stimuli x the training templates; ``val`` / ``test``: held-out stimuli (the bank
-included) in the held-out template. ``dm.tokenizer`` is the LM's tokenizer with ``[IMG0..7]``
+Training: training stimuli x the templates, minus the held-out texts; ``val`` / ``test``: held-out
+stimuli (the bank included), one prompt each, never seen in training. ``dm.tokenizer`` is the LM's tokenizer with ``[IMG0..7]``
 added at the ids the model's new rows have; ``dm.negative_prompt_embeds`` the ``""`` embedding.
 """
 
@@ -136,7 +137,7 @@ class WorldTextDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         self.world = GillWorld.load(world, bank_size, n_heldout, bank_rule, split_seed)
         texts = {"train": self._texts(self.world.train, True), "val": self._texts(self.world.heldout, False)}
-        corpus = [f"{s} {t}" for split in texts.values() for s, t in split]
+        corpus = [f"{s} {t}" for split in texts.values() for s, t, _ in split]
         corpus += [describe(self.world.words(i), t) for i in self.world.heldout[:50] for t in TRAIN_TEMPLATES]
         self.tokenizer = train_tokenizer(corpus)
         self.vocab_size = len(self.tokenizer)
@@ -145,19 +146,22 @@ class WorldTextDataModule(pl.LightningDataModule):
         def enc(s: str) -> list[int]:
             return tok.encode(s, add_special_tokens=False)
 
-        self._ds = {k: _TextItems([([tok.bos_token_id, *enc(s)], [*enc(t), tok.eos_token_id]) for s, t in v])
-                    for k, v in texts.items()}
+        self._ds = {k: _TextItems([([tok.bos_token_id, *enc(s)], [*enc(t), *([tok.eos_token_id] if eos else [])])
+                                   for s, t, eos in v]) for k, v in texts.items()}
 
-    def _texts(self, stimuli: np.ndarray, with_captions: bool) -> list[tuple[str, str]]:
+    def _texts(self, stimuli: np.ndarray, with_captions: bool) -> list[tuple[str, str, bool]]:
+        """(source, target, ends with <eos>) items: captions and descriptions are running text (no <eos>:
+        a document goes on after them), a dialogue's answer ends its turn."""
         w = self.world
-        out: list[tuple[str, str]] = []
+        held = w.heldout_texts()
+        out: list[tuple[str, str, bool]] = []
         for i in stimuli:
             words = w.words(int(i))
             caps = w.captions[str(w.ids[i])]
             if with_captions:
-                out += [("", c) for c in caps]
-                out += [("", describe(words, t)) for t in TRAIN_TEMPLATES]
-            out += [(q, a) for c in caps[:1] for q, a in dialogues(words, c)]
+                out += [("", c, False) for c in caps]
+                out += [("", d, False) for d in (describe(words, t) for t in TRAIN_TEMPLATES) if d not in held]
+            out += [(q, a, True) for c in caps[:1] for q, a in dialogues(words, c)]
         return out
 
     def dataset(self, split: str) -> Dataset:

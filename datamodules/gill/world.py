@@ -11,11 +11,12 @@ stimulus; CLIP ViT-L/14 pooled features in real use) and ``truth.npz`` (each sti
 * **held-out** stimuli: the bank plus ``n_heldout`` others, never seen in GILL's training;
 * **training** stimuli: the rest.
 
-Prompts are full descriptions made from a stimulus' attributes. GILL trains on the training
-stimuli in :data:`TRAIN_TEMPLATES`; held-out prompts are the held-out stimuli in
-:data:`HELDOUT_TEMPLATE`, a phrasing no training prompt uses, so no held-out prompt is ever seen in
-training. The decision label comes from the generator: 0 (retrieve) when the prompt's composition
-is one the bank holds, 1 (generate) otherwise.
+Prompts are full descriptions made from a stimulus' attributes in one of :data:`TEMPLATES`. Each
+held-out stimulus has one held-out prompt (template ``index % 3``); GILL trains on the training
+stimuli in every template except the texts that are held-out prompts (two stimuli of one
+composition share their descriptions), so no held-out prompt is ever seen in training -- nor in
+the LM's world text. The decision label comes from the generator: 0 (retrieve) when the prompt's
+composition is one the bank holds, 1 (generate) otherwise.
 """
 
 from __future__ import annotations
@@ -29,14 +30,14 @@ import numpy as np
 
 from litbrain.errors import DataError
 
-__all__ = ["HELDOUT_TEMPLATE", "TRAIN_TEMPLATES", "GillWorld", "describe", "dialogues"]
+__all__ = ["TEMPLATES", "TRAIN_TEMPLATES", "GillWorld", "describe", "dialogues"]
 
-TRAIN_TEMPLATES = (
+TEMPLATES = (
     "a {size} {colour} blob at the {vpos} {hpos} with {stripes} stripes on a {background} background",
     "{stripes} stripes on a {background} background behind a {size} {colour} circle at the {vpos} {hpos}",
     "a {colour} disc that is {size} placed {vpos} {hpos} on a {background} backdrop with {stripes} stripes",
 )
-HELDOUT_TEMPLATE = "{background} picture of {stripes} lines and a {size} {colour} spot in the {vpos} {hpos}"
+TRAIN_TEMPLATES = TEMPLATES  # training prompts use every phrasing (minus the held-out texts)
 RETRIEVE, GENERATE = 0, 1
 
 
@@ -153,11 +154,17 @@ class GillWorld:
         """RETRIEVE (0) if the bank holds stimulus i's composition, else GENERATE (1)."""
         return RETRIEVE if self.composition(i) in self.bank_compositions else GENERATE
 
+    def heldout_texts(self) -> set[str]:
+        return {p for _, p in self.prompts("heldout")}
+
     def prompts(self, split: str) -> list[tuple[int, str]]:
-        """(stimulus index, prompt) pairs: training stimuli x TRAIN_TEMPLATES, or held-out x HELDOUT_TEMPLATE."""
+        """(stimulus index, prompt) pairs: training stimuli x TEMPLATES minus the held-out texts, or each
+        held-out stimulus in its template (``index % 3``)."""
         if split == "train":
-            return [(int(i), describe(self.words(i), t)) for i in self.train for t in TRAIN_TEMPLATES]
-        return [(int(i), describe(self.words(i), HELDOUT_TEMPLATE)) for i in self.heldout]
+            held = self.heldout_texts()
+            pairs = [(int(i), describe(self.words(i), t)) for i in self.train for t in TEMPLATES]
+            return [(i, p) for i, p in pairs if p not in held]
+        return [(int(i), describe(self.words(i), TEMPLATES[int(i) % len(TEMPLATES)])) for i in self.heldout]
 
     def image_path(self, i: int) -> Path:
         return self.root / "images" / f"{self.ids[i]}.png"

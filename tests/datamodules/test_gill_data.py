@@ -39,10 +39,13 @@ def test_world_text_holds_only_training_stimuli_captions(world):
     dm = WorldTextDataModule(str(world), **SPLIT, batch_size=4)
     w = dm.world
     tok = dm.tokenizer
-    train_text = {tok.decode(it["target"][:-1]) for it in dm.dataset("train")}
+    train_text = {tok.decode(it["target"], skip_special_tokens=True) for it in dm.dataset("train")}
     held_caps = {c for i in w.heldout for c in w.captions[str(w.ids[i])]}
     train_caps = {c for i in w.train for c in w.captions[str(w.ids[i])]}
     assert train_caps <= train_text and not (held_caps - train_caps) & train_text
+    assert not w.heldout_texts() & train_text  # GILL's held-out prompts are not in the LM's text either
+    ends = [it["target"][-1] == tok.eos_token_id for it in dm.dataset("train")]
+    assert 0 < sum(ends) < len(ends)  # answers end their turn; captions run on (no <eos>)
     batch = next(iter(dm.train_dataloader()))
     assert {"lm_input", "lm_mask", "lm_labels", "source", "target"} <= set(batch)
     assert tok.unk_token_id not in [t for it in dm.dataset("val") for t in it["source"]]
