@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 from litbrain.errors import ConfigError, DataError
 from litbrain.utils.io import atomic_file
 
-from ..distill.datamodule import IGNORE_INDEX, collate_facts
+from ..distill.datamodule import IGNORE_INDEX, _Collate, _pad
 from ..distill.synthetic import train_tokenizer
 from .world import TRAIN_TEMPLATES, GillWorld, describe, dialogues
 
@@ -89,16 +89,6 @@ def gill_tokenizer(tokenizer: Any, lm_vocab_size: int, n_img_tokens: int = 8) ->
     return tokenizer
 
 
-def _pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    n = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), n), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), n), dtype=torch.bool)
-    for b, s in enumerate(seqs):
-        ids[b, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[b, :len(s)] = True
-    return ids, mask
-
-
 # ----------------------------------------------------------------------------- the LM's text
 class _TextItems(Dataset):
     def __init__(self, items: list[tuple[list[int], list[int]]]):
@@ -110,14 +100,6 @@ class _TextItems(Dataset):
     def __getitem__(self, i: int) -> dict:
         src, tgt = self.items[i]
         return {"source": src, "target": tgt}
-
-
-class _FactsCollate:
-    def __init__(self, pad_id: int, bos_id: int):
-        self.pad_id, self.bos_id = pad_id, bos_id
-
-    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
-        return collate_facts(items, self.pad_id, self.bos_id)
 
 
 class WorldTextDataModule(pl.LightningDataModule):
@@ -171,7 +153,7 @@ class WorldTextDataModule(pl.LightningDataModule):
         g = torch.Generator().manual_seed(self.hparams.seed)
         return DataLoader(self.dataset(split), batch_size=self.hparams.batch_size, shuffle=shuffle,
                           generator=g if shuffle else None, num_workers=self.hparams.num_workers, drop_last=shuffle,
-                          collate_fn=_FactsCollate(self.tokenizer.pad_token_id, self.tokenizer.bos_token_id))
+                          collate_fn=_Collate(self.tokenizer.pad_token_id, self.tokenizer.bos_token_id))
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train", True)
