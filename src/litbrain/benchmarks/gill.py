@@ -19,7 +19,7 @@ import torch
 
 from litbrain.benchmarks.common import threads
 from litbrain.errors import ConfigError
-from litbrain.nn.gill import GillConfig, GillModel
+from litbrain.nn.gill import GillConfig, GillModel, load_pipeline, sample_images
 from litbrain.tasks.gill import gill_losses
 from litbrain.utils.io import atomic_write_text
 
@@ -94,9 +94,7 @@ def bench_gill(net: dict[str, Any] | None = None, batch_size: int = 32, prompt_l
         print(f"GILL training on {res['device']}: {res['train_steps_per_s']:.2f} steps/s "
               f"({res['train_samples_per_s']:.1f} samples/s, batch {batch_size})")
         if pipeline:
-            from litbrain.evaluation.gill import _load_pipeline, sample_images
-
-            pipe = _load_pipeline(pipeline).to(device)
+            pipe = load_pipeline(pipeline).to(device)
             pipe.set_progress_bar_config(disable=True)
             width = int(pipe.unet.config.cross_attention_dim)
             emb = torch.randn(1, config.mapper.n_output_tokens, width, generator=g).to(device)

@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from litbrain.errors import ConfigError
-from litbrain.nn.gill import GillModel, check_cross_attention_width
+from litbrain.nn.gill import GillModel, check_cross_attention_width, load_pipeline, sample_images
 from litbrain.utils.io import atomic_write_text
 
-__all__ = ["GillInference", "check_img_tokens", "evaluate_gill", "load_gill", "sample_images"]
+__all__ = ["GillInference", "check_img_tokens", "evaluate_gill", "load_gill"]
 
 
 def check_img_tokens(tokenizer: Any, n: int = 8, source: str = "model") -> list[int]:
@@ -150,23 +150,6 @@ def _generate(pipe: Any, embeds: torch.Tensor, negative: torch.Tensor | None, se
                                     progress=True)
 
 
-def sample_images(pipe: Any, prompt_embeds: torch.Tensor, negative: torch.Tensor, seed: int = 0, steps: int = 25,
-                  guidance_scale: float = 3.0, batch_size: int = 8) -> torch.Tensor:
-    """(B, 3, H, W) in [0, 1] from a StableDiffusionPipeline called with prompt_embeds (image i seeded seed + i)."""
-    from tqdm.auto import tqdm
-
-    out = []
-    for a in tqdm(range(0, len(prompt_embeds), batch_size), desc=f"pipeline ({steps} steps)", leave=False):
-        e = prompt_embeds[a:a + batch_size]
-        gens = [torch.Generator().manual_seed(seed + a + i) for i in range(len(e))]
-        res = pipe(prompt_embeds=e.to(pipe.device, pipe.unet.dtype),
-                   negative_prompt_embeds=negative.expand(len(e), -1, -1).to(pipe.device, pipe.unet.dtype),
-                   guidance_scale=guidance_scale, num_inference_steps=steps, generator=gens, output_type="pt",
-                   return_dict=True)
-        out.append(res.images.float().cpu())
-    return torch.cat(out)
-
-
 # ----------------------------------------------------------------------------- the evaluate verb
 def _majority(labels: np.ndarray) -> float:
     return float(np.bincount(labels, minlength=2).max() / max(len(labels), 1))
@@ -211,7 +194,7 @@ def evaluate_gill(model: str = "runs/gill_demo/release", world: str = "data/gill
     dm.setup("test")
     if dm.target_width != gill.config.mapper.out_dim:
         check_cross_attention_width(gill.config.mapper.out_dim, dm.target_width, f"text_encoder={dm.text_encoder_spec}")
-    pipe = _load_pipeline(pipe_spec) if pipe_spec else None
+    pipe = load_pipeline(pipe_spec) if pipe_spec else None
     infer = GillInference(gill, dm.tokenizer, dm.bank_features(), pipe, dm.negative_prompt_embeds, guidance_scale, steps,
                           seed=seed)
     w = dm.world
@@ -279,19 +262,7 @@ def _unet_width(spec: str) -> int:
             raise ConfigError(f"pipeline={spec}: no unet/config.json in that folder; fix: a diffusers pipeline folder "
                               f"(save_pretrained writes unet/, vae/, text_encoder/, tokenizer/, scheduler/)")
         return int(json.loads(cfg.read_text())["cross_attention_dim"])
-    return int(_load_pipeline(spec).unet.config.cross_attention_dim)
-
-
-def _load_pipeline(spec: str) -> Any:
-    try:
-        from litbrain.nn.generation import load_pipeline
-    except ImportError:  # the generation family not installed: diffusers directly
-        from litbrain.nn.encoders import diffusion_pipeline
-
-        s = str(spec)
-        return diffusion_pipeline(s if s.startswith("diffusers:") else f"diffusers:{s}", safety_checker=None,
-                                  feature_extractor=None, requires_safety_checker=False)
-    return load_pipeline(spec)
+    return int(load_pipeline(spec).unet.config.cross_attention_dim)
 
 
 def _generation_rows(pipe: Any, probe: str | None, dm: Any, infer: GillInference, idx: np.ndarray, embeds: torch.Tensor,
