@@ -32,10 +32,10 @@ from litbrain.errors import DataError
 
 __all__ = ["TEMPLATES", "TRAIN_TEMPLATES", "GillWorld", "describe", "dialogues"]
 
-TEMPLATES = (
-    "a {size} {colour} blob at the {vpos} {hpos} with {stripes} stripes on a {background} background",
-    "{stripes} stripes on a {background} background behind a {size} {colour} circle at the {vpos} {hpos}",
-    "a {colour} disc that is {size} placed {vpos} {hpos} on a {background} backdrop with {stripes} stripes",
+TEMPLATES = (  # a description is a sentence: it ends with " ." (what follows a full stop is open)
+    "a {size} {colour} blob at the {vpos} {hpos} with {stripes} stripes on a {background} background .",
+    "{stripes} stripes on a {background} background behind a {size} {colour} circle at the {vpos} {hpos} .",
+    "a {colour} disc that is {size} placed {vpos} {hpos} on a {background} backdrop with {stripes} stripes .",
 )
 TRAIN_TEMPLATES = TEMPLATES  # training prompts use every phrasing (minus the held-out texts)
 RETRIEVE, GENERATE = 0, 1

@@ -64,12 +64,16 @@ class GillTask(LitbrainTask):
         net: :class:`~litbrain.nn.gill.GillConfig` (``lm``: the frozen LM's folder; ``pipeline``: the
             diffusers pipeline; ``image_dim``: 0 takes the data's feature width).
         decision_weight: weight of the decision head's CE.
+        decision_lr: learning rate of the decision head (null: ``lr``). GILL trains this head as a stage of its
+            own on frozen features; here it trains beside the rest on the detached [IMG0] state, and a small
+            world's short run may give it a larger step.
         lr / betas / weight_decay / warmup_fraction: AdamW (GILL: 1e-3, (0.9, 0.95), 0.01) + one-cycle schedule.
     """
 
     config_class = GillConfig
 
-    def __init__(self, net: GillConfig | None = None, decision_weight: float = 1.0, lr: float = 1e-3,
+    def __init__(self, net: GillConfig | None = None, decision_weight: float = 1.0, decision_lr: float | None = None,
+                 lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.01,
                  warmup_fraction: float = 0.05) -> None:
         super().__init__()
@@ -124,17 +128,21 @@ class GillTask(LitbrainTask):
         """AdamW with GILL's betas; the LM's embedding matrices (masked) and biases / norms take no decay."""
         h = self.hparams
         emb = {id(p) for p in self.model.embedding_matrices()}
+        head = {id(p) for p in self.model.decision.parameters()}
         decay, no_decay = [], []
         for p in self.model.parameters():
-            if p.requires_grad:
+            if p.requires_grad and id(p) not in head:
                 (no_decay if (p.ndim < 2 or id(p) in emb) else decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": h.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=h.lr, betas=tuple(h.betas))
+        head_lr = h.get("decision_lr") or h.lr
+        groups = [{"params": decay, "weight_decay": h.weight_decay, "lr": h.lr},
+                  {"params": no_decay, "weight_decay": 0.0, "lr": h.lr},
+                  {"params": list(self.model.decision.parameters()), "weight_decay": h.weight_decay, "lr": head_lr}]
+        opt = torch.optim.AdamW(groups, lr=h.lr, betas=tuple(h.betas))
         total = max(int(self.trainer.estimated_stepping_batches), 1) if self._trainer is not None else 1000
         if total < 4:
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
         else:
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=h.lr, total_steps=total,
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=total,
                                                         pct_start=min(max(h.warmup_fraction, 2.0 / total), 0.5),
                                                         final_div_factor=1000)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
