@@ -136,6 +136,10 @@ def test_greedy_inference_forces_img1_to_7_after_img0_and_reads_their_states():
     fmask[1, -1] = False
     ref = model.img_forward(full, fmask)
     assert torch.allclose(ans["img_states"], ref["img_states"], atol=1e-5)
+    model.lm.lm_head.bias.data[model.base_vocab] = 4.0  # <eos> (2) leads by 1 ...
+    model.lm.lm_head.bias.data[2] = 5.0
+    assert not model.answer(ids, mask, 2, eos_id=2)["has_img"].any()
+    assert model.answer(ids, mask, 2, eos_id=2, img_logit_scale=1.5)["has_img"].all()  # ... GILL's ret_scale_factor
     _steer(model, 2)  # <eos> at once: no image, decision -1
     from litbrain.evaluation.gill import GillInference
 

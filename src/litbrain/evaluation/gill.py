@@ -33,7 +33,7 @@ from litbrain.errors import ConfigError
 from litbrain.nn.gill import GillModel, check_cross_attention_width, load_pipeline, sample_images
 from litbrain.utils.io import atomic_write_text
 
-__all__ = ["GillInference", "check_img_tokens", "evaluate_gill", "load_gill"]
+__all__ = ["GillInference", "calibrate_img_logit_scale", "check_img_tokens", "evaluate_gill", "load_gill"]
 
 
 def check_img_tokens(tokenizer: Any, n: int = 8, source: str = "model") -> list[int]:
@@ -78,6 +78,17 @@ def load_gill(path: str | os.PathLike) -> tuple[GillModel, Any]:
     return model, tok
 
 
+def calibrate_img_logit_scale(infer: "GillInference", prompts: list[str], share: float = 0.95,
+                              scales: tuple[float, ...] = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0)) -> float:
+    """The smallest [IMG0] logit scale at which ``share`` of ``prompts`` (training prompts) produce [IMG0]."""
+    ids, mask = infer.encode(prompts)
+    for s in scales:
+        ans = infer.model.answer(ids, mask, 1, infer.tok.eos_token_id, img_logit_scale=s)
+        if float(ans["has_img"].float().mean()) >= share:
+            return s
+    return scales[-1]
+
+
 class GillInference:
     """Prompts -> GILL's answers: text, retrieve-or-generate, and the image (see the module docstring).
 
@@ -90,12 +101,13 @@ class GillInference:
 
     def __init__(self, model: GillModel, tokenizer: Any, bank_features: torch.Tensor, pipeline: Any = None,
                  negative_prompt_embeds: torch.Tensor | None = None, guidance_scale: float = 3.0,
-                 num_inference_steps: int = 25, max_new_tokens: int = 4, seed: int = 0):
+                 num_inference_steps: int = 25, max_new_tokens: int = 4, seed: int = 0, img_logit_scale: float = 1.0):
         self.model, self.tok = model.eval(), tokenizer
         check_img_tokens(tokenizer, model.config.n_img_tokens, "GillInference")
         self.bank = model.image_embedding(bank_features.float())
         self.pipeline, self.negative = pipeline, negative_prompt_embeds
         self.guidance_scale, self.steps, self.max_new, self.seed = guidance_scale, num_inference_steps, max_new_tokens, seed
+        self.img_logit_scale = float(img_logit_scale)
         if pipeline is not None:
             check_cross_attention_width(model.config.mapper.out_dim, pipeline.unet.config.cross_attention_dim,
                                         "the pipeline")
@@ -115,7 +127,7 @@ class GillInference:
         ``prompt_embeds`` per prompt, and ``images`` (B, 3, H, W) in [0, 1] for the rows that generate."""
         m = self.model
         ids, mask = self.encode(prompts)
-        ans = m.answer(ids, mask, self.max_new, self.tok.eos_token_id)
+        ans = m.answer(ids, mask, self.max_new, self.tok.eos_token_id, img_logit_scale=self.img_logit_scale)
         states, embeds = ans["img_states"], ans["img_embeds"]
         decision = torch.where(ans["has_img"], m.decide(states).argmax(-1), torch.full_like(ans["has_img"], -1,
                                                                                             dtype=torch.long))
@@ -160,7 +172,7 @@ def evaluate_gill(model: str = "runs/gill_demo/release", world: str = "data/gill
                   out_dir: str = "runs/gill_demo/results", bank_size: int = 100, n_heldout: int = 400,
                   bank_rule: dict[str, str] | None = None, split_seed: int = 0, cache_dir: str | None = None,
                   n_generate: int = 64, n_figure: int = 6, steps: int = 25, guidance_scale: float = 3.0,
-                  batch_size: int = 64, seed: int = 0) -> dict[str, Any]:
+                  batch_size: int = 64, img_logit_scale: float | None = 1.0, seed: int = 0) -> dict[str, Any]:
     """GILL on held-out prompts: mapper distance / cosine, decision accuracy, R@1, generation vs the pipeline.
 
     Args:
@@ -175,6 +187,8 @@ def evaluate_gill(model: str = "runs/gill_demo/release", world: str = "data/gill
         n_generate: held-out prompts generated both ways for the attribute comparison.
         n_figure: prompts in the figure.
         steps / guidance_scale / seed: the pipeline's sampling.
+        img_logit_scale: GILL's ``ret_scale_factor`` for greedy decoding; null: the smallest of 1, 1.25, .. 4
+            at which 95 % of (a sample of) the training prompts produce [IMG0].
     """
     from litbrain.datamodules.gill import GillDataModule
 
@@ -198,6 +212,10 @@ def evaluate_gill(model: str = "runs/gill_demo/release", world: str = "data/gill
     infer = GillInference(gill, dm.tokenizer, dm.bank_features(), pipe, dm.negative_prompt_embeds, guidance_scale, steps,
                           seed=seed)
     w = dm.world
+    if img_logit_scale is None:  # the smallest scale at which training prompts get [IMG0] (never the held-out ones)
+        infer.img_logit_scale = calibrate_img_logit_scale(infer, [p for _, p in w.prompts("train")][::7][:256])
+    else:
+        infer.img_logit_scale = float(img_logit_scale)
     pairs = w.prompts("heldout")
     prompts = [p for _, p in pairs]
     idx = np.array([i for i, _ in pairs])
@@ -227,7 +245,7 @@ def evaluate_gill(model: str = "runs/gill_demo/release", world: str = "data/gill
     comp = np.array([w.composition(int(i)) for i in idx])
     bank_comp = np.array([w.composition(int(i)) for i in w.bank])
     metrics: dict[str, Any] = {
-        "n_heldout_prompts": len(prompts),
+        "n_heldout_prompts": len(prompts), "img_logit_scale": infer.img_logit_scale,
         "mapper_distance": float(r["dist"].mean()), "mapper_cosine": float(r["cos"].mean()),
         "img0_rate": float(r["has_img"].mean()),
         "decision_accuracy": float((r["decision"] == labels).mean()),
@@ -290,7 +308,7 @@ def _table(m: dict[str, Any]) -> str:
     lines = ["| GILL on held-out prompts | value | beside |", "|---|---|---|",
              f"| mapper per-token distance to the text encoder's embedding | {m['mapper_distance']:.3f} | |",
              f"| mapper cosine to the text encoder's embedding | {m['mapper_cosine']:.3f} | |",
-             f"| [IMG0] produced by greedy decoding | {m['img0_rate']:.3f} | |",
+             f"| [IMG0] produced by greedy decoding | {m['img0_rate']:.3f} | [IMG0] logit scale {m['img_logit_scale']:g} |",
              f"| decision accuracy (greedy inference) | {m['decision_accuracy']:.3f} | majority {m['decision_majority']:.3f} |",
              f"| decision accuracy (teacher-forced [IMG]) | {m['decision_accuracy_forced']:.3f} | bar 0.90 |",
              f"| retrieval R@1 among {int(round(1 / m['r_at_1_chance']))} bank images ({m['n_bank_prompts']} prompts, "

@@ -272,8 +272,11 @@ class GillModel(nn.Module):
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def answer(self, ids: Tensor, mask: Tensor, max_new_tokens: int = 12, eos_id: int | None = None,
-               image: Tensor | None = None) -> dict[str, Any]:
+               image: Tensor | None = None, img_logit_scale: float = 1.0) -> dict[str, Any]:
         """Greedy decoding of right-padded prompts; once a row produces [IMG0], [IMG1..] are forced.
+
+        ``img_logit_scale`` multiplies the [IMG0] logit's magnitude before the argmax (GILL's
+        ``ret_scale_factor``: above 1 the model answers with an image more readily; 1 is plain greedy).
 
         Returns ``tokens`` (B, steps) and ``valid`` (which of them belong to the answer), ``has_img`` (B,)
         and, for the rows that produced [IMG0], their ``img_states`` / ``img_embeds`` (B, n_img, width;
@@ -294,8 +297,11 @@ class GillModel(nn.Module):
                 break
             seq, seq_mask = _append(ids, mask, out[:, :t], valid[:, :t])
             x, m = self.embed(seq, image, seq_mask)
-            logits = self.lm(inputs_embeds=x, attention_mask=m).logits
-            last = logits[torch.arange(b, device=dev), off + seq_mask.sum(1) - 1].argmax(-1).tolist()
+            logits = self.lm(inputs_embeds=x, attention_mask=m).logits[torch.arange(b, device=dev), off + seq_mask.sum(1) - 1]
+            if img_logit_scale != 1.0:
+                logits = logits.clone()
+                logits[:, v] = logits[:, v].abs() * img_logit_scale
+            last = logits.argmax(-1).tolist()
             for r in range(b):
                 if done[r]:
                     continue
