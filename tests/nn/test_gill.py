@@ -178,3 +178,26 @@ def test_release_holds_only_the_trained_parts_and_round_trips(tmp_path):
     v = model.base_vocab
     for a, b in zip(model.embedding_matrices(), loaded.embedding_matrices()):
         assert torch.equal(a, b) and not torch.equal(b[v:], GillModel(model.config).embedding_matrices()[0][v:])
+
+
+def test_the_decision_stage_fits_only_the_head_on_frozen_img0_states():
+    from litbrain.tasks.gill import refit_decision_head
+
+    torch.manual_seed(0)
+    model = _model().eval()
+    g = torch.Generator().manual_seed(1)
+    batches = []
+    for _ in range(4):
+        b = random_batch(model, 16, 3, 3, g)
+        b["decision"] = (b["ids"][:, 1] % 2 == 0).long()  # a property of the prompt the [IMG0] state sees
+        batches.append(b)
+    others = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("decision.")}
+    with torch.no_grad():
+        before = torch.cat([(model.decide(model.img_forward(b["ids"])["img_states"]).argmax(-1) == b["decision"])
+                            for b in batches]).float().mean()
+    refit_decision_head(model, batches, 200)
+    with torch.no_grad():
+        after = torch.cat([(model.decide(model.img_forward(b["ids"])["img_states"]).argmax(-1) == b["decision"])
+                           for b in batches]).float().mean()
+    assert after > 0.9 and after > before
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in others.items())

@@ -31,7 +31,7 @@ from litbrain.nn.gill import GillConfig, GillModel
 from litbrain.tasks.base import LitbrainTask
 from litbrain.tasks.vlm import tokenizer_files
 
-__all__ = ["GillTask", "gill_losses", "info_nce"]
+__all__ = ["GillTask", "gill_losses", "info_nce", "refit_decision_head"]
 
 LOSS_WEIGHTS = {"caption": 1.0, "ret_img_ce": 0.5, "ret_nce": 1.0, "gen_img_ce": 0.5, "gen_l2": 1.0}
 
@@ -57,6 +57,35 @@ def gill_losses(model: GillModel, batch: dict[str, Tensor], decision_weight: flo
     return {"loss": total, "caption": cap, "img_ce": img_ce, "nce": nce, "gen_l2": l2, "decision": dec}
 
 
+@torch.enable_grad()
+def refit_decision_head(model: GillModel, batches: Any, steps: int = 100, l2: float = 1e-4) -> float:
+    """GILL's decision stage: fit the decision head on frozen [IMG0] states of ``batches``.
+
+    The states are computed once without gradients; only the head's Linear moves, by full-batch
+    L-BFGS on the cross-entropy + ``l2`` * ||W||^2 (the stage is a convex logistic regression, so a
+    second-order fit reaches its optimum where first-order steps on uncentred 128-wide states crawl;
+    the head's Dropout, a training-time regulariser, is replaced by the L2 term here). Returns the loss.
+    """
+    states, labels = [], []
+    with torch.no_grad():
+        for b in batches:
+            dev = model.logit_scale.device
+            out = model.img_forward(b["ids"].to(dev), b["mask"].to(dev))
+            states.append(out["img_states"][:, 0].float())
+            labels.append(b["decision"].to(dev))
+    x, y = torch.cat(states), torch.cat(labels)
+    linear = model.decision[-1]
+    opt = torch.optim.LBFGS(linear.parameters(), lr=1.0, max_iter=int(steps), line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(linear(x), y) + l2 * linear.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    return float(opt.step(closure).detach())
+
+
 class GillTask(LitbrainTask):
     """GILL on a frozen causal LM (see the module docstring).
 
@@ -67,13 +96,17 @@ class GillTask(LitbrainTask):
         decision_lr: learning rate of the decision head (null: ``lr``). GILL trains this head as a stage of its
             own on frozen features; here it trains beside the rest on the detached [IMG0] state, and a small
             world's short run may give it a larger step.
+        decision_refit_steps: GILL trains the decision classifier as a stage of its own, on frozen features: with
+            > 0, before every validation the head is fitted (that many L-BFGS iterations,
+            :func:`refit_decision_head`) on the training prompts' current [IMG0] states, so each checkpoint holds a
+            head fitted to its own [IMG] rows. 0: only the per-step detached training.
         lr / betas / weight_decay / warmup_fraction: AdamW (GILL: 1e-3, (0.9, 0.95), 0.01) + one-cycle schedule.
     """
 
     config_class = GillConfig
 
     def __init__(self, net: GillConfig | None = None, decision_weight: float = 1.0, decision_lr: float | None = None,
-                 lr: float = 1e-3,
+                 decision_refit_steps: int = 0, lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.01,
                  warmup_fraction: float = 0.05) -> None:
         super().__init__()
@@ -183,6 +216,13 @@ class GillTask(LitbrainTask):
             if metric.update_count:
                 self.log(f"{prefix}/{name}", metric.compute(), prog_bar=name in ("distance", "decision_acc"))
             metric.reset()
+
+    def on_validation_start(self) -> None:
+        h, dm = self.hparams, self.datamodule
+        if h.get("decision_refit_steps", 0) > 0 and dm is not None and self.trainer.state.fn == "fit":
+            loss = refit_decision_head(self.model, dm.loader("train"), h.decision_refit_steps)
+            print(f"[litbrain] decision head fitted on frozen [IMG0] states (L-BFGS, {h.decision_refit_steps} "
+                  f"iterations): loss {loss:.3f}", flush=True)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
