@@ -64,7 +64,8 @@ def refit_decision_head(model: GillModel, batches: Any, steps: int = 100, l2: fl
     The states are computed once without gradients; only the head's Linear moves, by full-batch
     L-BFGS on the cross-entropy + ``l2`` * ||W||^2 (the stage is a convex logistic regression, so a
     second-order fit reaches its optimum where first-order steps on uncentred 128-wide states crawl;
-    the head's Dropout, a training-time regulariser, is replaced by the L2 term here). Returns the loss.
+    the head's Dropout, a training-time regulariser, is replaced by the L2 term here). Returns the
+    fitted head's cross-entropy on those states.
     """
     states, labels = [], []
     with torch.no_grad():
@@ -83,7 +84,9 @@ def refit_decision_head(model: GillModel, batches: Any, steps: int = 100, l2: fl
         loss.backward()
         return loss
 
-    return float(opt.step(closure).detach())
+    opt.step(closure)  # (returns the loss before the fit)
+    with torch.no_grad():
+        return float(F.cross_entropy(linear(x), y))
 
 
 class GillTask(LitbrainTask):
