@@ -43,6 +43,7 @@ MODEL_TYPES: dict[str, str] = {
     "causal_lm": "litbrain.nn.distill:CausalLm",
     "seq2seq_lm": "litbrain.nn.distill:Seq2SeqStudent",
     "wave": "litbrain.nn.wave:WaveEncoder",
+    "world_probe": "litbrain.nn.generation:WorldProbe",
 }
 
 C = TypeVar("C", bound="ModelConfig")
