@@ -44,6 +44,7 @@ MODEL_TYPES: dict[str, str] = {
     "gill": "litbrain.nn.gill:GillModel",
     "seq2seq_lm": "litbrain.nn.distill:Seq2SeqStudent",
     "wave": "litbrain.nn.wave:WaveEncoder",
+    "world_probe": "litbrain.nn.generation:WorldProbe",
 }
 
 C = TypeVar("C", bound="ModelConfig")
