@@ -298,7 +298,7 @@ def export_pipeline(checkpoint: str, out: str, vae_decoder: str | None = None, o
                           f"configs/generation/unet.yaml run")
     if vae_decoder is not None:
         hp["vae_decoder"] = vae_decoder
-    hp.pop("_instantiator", None)
+    hp = {k: v for k, v in hp.items() if not k.startswith("_")}
     task = UnetTask(**hp)
     task.setup("fit")
     task.configure_model()

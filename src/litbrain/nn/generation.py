@@ -275,8 +275,9 @@ class WorldProbeConfig(ModelConfig):
     def examples(cls) -> list["WorldProbeConfig"]:
         return [cls(image_size=16, channels=[4, 8], attributes={"colour": 3, "hpos": 3})]
 
-    def example_input(self) -> Any:
-        return torch.rand(2, 3, self.image_size, self.image_size)
+    def example_input(self, batch_size: int = 2, seed: int = 0) -> Any:
+        g = torch.Generator().manual_seed(seed)
+        return torch.rand(batch_size, 3, self.image_size, self.image_size, generator=g)
 
     def card(self) -> ModelCard:
         return ModelCard(title="World probe", summary=f"A CNN reading the attributes {sorted(self.attributes or {})} "
