@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 # quiet and 0.39x when another job shares it (OpenMP barriers stall); README "Threads" has the figures.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install demo nsd-demo seeg-demo seeg-few-labels seeg-hg-demo encoding-demo distill-demo bench-distill wave-demo test test-fast bench bench-nsd bench-seeg bench-vit bench-vlm \
+.PHONY: install demo nsd-demo seeg-demo seeg-few-labels seeg-hg-demo encoding-demo distill-demo bench-distill gill-demo bench-gill wave-demo generation-demo bench-generation test test-fast bench bench-nsd bench-seeg bench-vit bench-vlm \
   clean-demo
 
 install: $(STAMP)
@@ -82,6 +82,20 @@ wave-demo: $(STAMP)
 	  --checkpoint $(WAVE)/labels1.0_pretrained_seed0/checkpoints/last.ckpt
 	$(BIN)/litbrain wave evaluate --config configs/wave/evaluate_demo.yaml --subjects '[sub-03]' \
 	  --checkpoint $(WAVE)/labels1.0_pretrained_seed0/checkpoints/last.ckpt --out_dir $(WAVE)/results_sub-03
+
+# Text-to-image latent diffusion on the 64-px stimulus world (~45 min on 2 quiet CPU cores): the world, a diffusers
+# VAE (+ its decoder fine-tuned), the world probe, the UNet (frozen VAE + frozen MiniLM), then held-out captions -> images judged by the probe.
+generation-demo: $(STAMP)
+	$(BIN)/litbrain generation synthesize --config configs/generation/synthetic_demo.yaml
+	$(BIN)/litbrain fit --config configs/generation/vae.yaml
+	$(BIN)/litbrain fit --config configs/generation/vae_decoder.yaml
+	$(BIN)/litbrain fit --config configs/generation/probe.yaml
+	$(BIN)/litbrain fit --config configs/generation/unet.yaml
+	$(BIN)/litbrain generation evaluate --config configs/generation/evaluate_demo.yaml
+	@echo "pipeline folder: runs/generation_demo/pipeline (diffusers StableDiffusionPipeline); figure: runs/generation_demo/results/grid.png"
+
+bench-generation: $(STAMP)
+	$(BIN)/litbrain generation bench --config configs/bench/generation.yaml
 
 seeg-demo: $(STAMP)
 	$(BIN)/litbrain seeg synthesize --config configs/seeg/synthetic_demo.yaml
@@ -161,3 +175,20 @@ distill-demo: $(STAMP)
 
 bench-distill: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/litbrain distill bench --config configs/bench/distill.yaml
+
+# GILL on the synthetic world (~25 min CPU): world -> causal LM on its text (HF folder) -> GILL on the
+# frozen LM -> release -> evaluate (table + figure). Generation rows need the world pipeline and probe
+# (the generation family's): GILL_PIPELINE=<folder> GILL_PROBE=<release> make gill-demo.
+GILL := runs/gill_demo
+GILL_PIPELINE ?= null
+GILL_PROBE ?= null
+gill-demo: $(STAMP)
+	$(BIN)/litbrain gill synthesize --config configs/gill/world.yaml
+	$(BIN)/litbrain fit --config configs/gill/lm.yaml
+	$(BIN)/litbrain export --hf true --checkpoint $(GILL)/lm/checkpoints/best.ckpt --out $(GILL)/lm_hf --overwrite true
+	$(BIN)/litbrain fit --config configs/gill/gill.yaml --model.init_args.net.pipeline $(GILL_PIPELINE)
+	$(BIN)/litbrain export --checkpoint $(GILL)/gill/checkpoints/best.ckpt --out $(GILL)/release --overwrite true
+	$(BIN)/litbrain gill evaluate --config configs/gill/evaluate_demo.yaml --pipeline $(GILL_PIPELINE) --probe $(GILL_PROBE)
+
+bench-gill: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/litbrain gill bench --config configs/bench/gill.yaml --pipeline $(GILL_PIPELINE)

@@ -108,12 +108,32 @@ FAMILIES: dict[str, dict[str, Verb]] = {
         "bench-lm": Verb("litbrain.benchmarks.vlm_dropping:bench_lm_loop",
                          "litbrain's LM decode loop vs Hugging Face generate: first token, tokens/s (configs/bench/lm_loop.yaml)"),
     },
+    "generation": {
+        "synthesize": Verb("litbrain.datamodules.fmri.synthetic:synthesize_fmri",
+                           "write the stimulus world (images, captions, true attributes): fmri synthesize's world"),
+        "evaluate": Verb("litbrain.evaluation.generation:evaluate_generation",
+                         "generate for held-out captions: probe attribute accuracy vs real and chance, probe FD, grid"),
+        "prepare-pipeline": Verb("litbrain.evaluation.generation:export_pipeline",
+                                "the diffusers pipeline folder of a UNet checkpoint (e.g. last.ckpt of an unfinished run)"),
+        "bench": Verb("litbrain.benchmarks.generation:bench_generation",
+                      "UNet training samples/s and seconds per generated image at 25 steps "
+                      "(configs/bench/generation.yaml)"),
+    },
     "distill": {
         "evaluate": Verb("litbrain.evaluation.distill:evaluate_distill",
                          "exact match, token accuracy, teacher agreement, perplexity: teacher vs KD / CE students"),
         "bench": Verb("litbrain.benchmarks.distill:bench_distill",
                       "first-token latency and decode tok/s: encoder-decoder vs decoder-only vs teacher "
                       "(configs/bench/distill.yaml)"),
+    },
+    "gill": {
+        "synthesize": Verb("litbrain.datamodules.fmri.synthetic:synthesize_fmri",
+                           "write GILL's world: the fMRI stimulus world's images, captions and image features (64 px)"),
+        "evaluate": Verb("litbrain.evaluation.gill:evaluate_gill",
+                         "GILL on held-out prompts: mapper distance/cosine, decision accuracy, R@1 vs chance, "
+                         "generated-image attribute accuracy vs the pipeline from the prompt, figure"),
+        "bench": Verb("litbrain.benchmarks.gill:bench_gill",
+                      "GILL training steps/s and seconds per generated image at 25 steps (configs/bench/gill.yaml)"),
     },
 }
 
@@ -135,8 +155,12 @@ FAMILY_HELP = {
     "encoding": "encoding models image -> voxels (LLM-VEM): synthetic world, prepare, evaluate, in-silico responses",
     "wave": "whole-brain fMRI foundation encoder (WAVE): synthetic BIDS world, nilearn parcels, ablation maps",
     "vlm": "vision-language models with vision-token dropping (MustDrop, ToMe, FastV): bench, bench-vit",
+    "generation": "text-to-image latent diffusion through diffusers (VAE, UNet, MiniLM or SD v1.5) and the world probe: "
+                  "synthesize, evaluate, bench",
     "distill": "distillation of a decoder-only LM into an encoder-decoder student (Return of the Encoder): "
                "evaluate, bench (export --hf true: Hugging Face format)",
+    "gill": "GILL: a frozen LM that answers with images ([IMG] tokens, mapper, retrieve-or-generate): synthesize, "
+            "evaluate, bench",
 }
 
 

@@ -41,8 +41,10 @@ MODEL_TYPES: dict[str, str] = {
     "vision_tower": "litbrain.nn.vlm:SceneVisionTower",
     "voxel_encoder": "litbrain.nn.voxel_encoder:VoxelEncoder",
     "causal_lm": "litbrain.nn.distill:CausalLm",
+    "gill": "litbrain.nn.gill:GillModel",
     "seq2seq_lm": "litbrain.nn.distill:Seq2SeqStudent",
     "wave": "litbrain.nn.wave:WaveEncoder",
+    "world_probe": "litbrain.nn.generation:WorldProbe",
 }
 
 C = TypeVar("C", bound="ModelConfig")
