@@ -43,7 +43,8 @@ from torch.utils.data import DataLoader, Dataset
 from litbrain.errors import ConfigError, DataError
 from litbrain.utils.io import atomic_file
 
-from ..distill.datamodule import IGNORE_INDEX, _Collate, _pad
+from ..base import SplitLoaders, pad_sequences
+from ..distill.datamodule import IGNORE_INDEX, _Collate
 from ..distill.synthetic import train_tokenizer
 from .world import TRAIN_TEMPLATES, GillWorld, describe, dialogues
 
@@ -102,7 +103,7 @@ class _TextItems(Dataset):
         return {"source": src, "target": tgt}
 
 
-class WorldTextDataModule(pl.LightningDataModule):
+class WorldTextDataModule(SplitLoaders, pl.LightningDataModule):
     """The world's text for a causal LM: captions, full descriptions and dialogues (see the module docstring).
 
     Args:
@@ -155,14 +156,8 @@ class WorldTextDataModule(pl.LightningDataModule):
                           generator=g if shuffle else None, num_workers=self.hparams.num_workers, drop_last=shuffle,
                           collate_fn=_Collate(self.tokenizer.pad_token_id, self.tokenizer.bos_token_id))
 
-    def train_dataloader(self) -> DataLoader:
-        return self.loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self.loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self.loader("val")
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return self.loader(split, shuffle)
 
 
 # ----------------------------------------------------------------------------- GILL's data
@@ -194,9 +189,9 @@ class _GillCollate:
         self.targets = dm.targets
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
-        ids, mask = _pad([it["ids"] for it in items], self.pad)
-        pids, pmask = _pad([it["prompt_ids"] for it in items], self.pad)
-        cids, cmask = _pad([it["cap_ids"] for it in items], self.pad)
+        ids, mask = pad_sequences([it["ids"] for it in items], self.pad)
+        pids, pmask = pad_sequences([it["prompt_ids"] for it in items], self.pad)
+        cids, cmask = pad_sequences([it["cap_ids"] for it in items], self.pad)
         labels = cids.masked_fill(~cmask, IGNORE_INDEX)
         labels[:, 0] = IGNORE_INDEX
         return {"ids": ids, "mask": mask, "prompt_ids": pids, "prompt_mask": pmask, "cap_ids": cids,
@@ -208,7 +203,7 @@ class _GillCollate:
                 "bank_index": torch.tensor([it["bank_index"] for it in items])}
 
 
-class GillDataModule(pl.LightningDataModule):
+class GillDataModule(SplitLoaders, pl.LightningDataModule):
     """GILL's captioning, retrieval / generation and decision data (see the module docstring).
 
     Args:
@@ -304,14 +299,8 @@ class GillDataModule(pl.LightningDataModule):
                           generator=g if shuffle else None, num_workers=self.hparams.num_workers,
                           collate_fn=_GillCollate(self), drop_last=shuffle and len(ds) > self.hparams.batch_size)
 
-    def train_dataloader(self) -> DataLoader:
-        return self.loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self.loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self.loader("test")
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return self.loader(split, shuffle)
 
     def bank_features(self) -> torch.Tensor:
         """(bank_size, F): the retrieval bank's image features, in bank order."""
