@@ -14,7 +14,8 @@ TINY_WORLD = dict(n_subjects=1, n_stimuli=240, n_shared=40, n_voxels=20, image_s
 
 TINY_VAE = ["--model.init_args.net.block_out_channels", "[8,16]", "--model.init_args.net.norm_num_groups", "4"]
 TINY_UNET = ["--model.init_args.net.block_out_channels", "[16,32]", "--model.init_args.net.cross_attention",
-             "[false,true]", "--model.init_args.net.norm_num_groups", "8", "--model.init_args.net.attention_head_dim", "8"]
+             "[false,true]", "--model.init_args.net.norm_num_groups", "8", "--model.init_args.net.attention_head_dim", "8",
+             "--model.init_args.vae_decoder", "null"]
 
 
 def fit_args(stage: str, raw: Path, run: Path, *extra: str) -> list[str]:
