@@ -37,6 +37,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from litbrain.errors import DataError
 
+from ..base import SplitLoaders
+
 __all__ = ["ImageCaptionDataModule", "read_image_captions", "stated_attributes"]
 
 
@@ -145,7 +147,7 @@ def collate_image_captions(items: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
-class ImageCaptionDataModule(pl.LightningDataModule):
+class ImageCaptionDataModule(SplitLoaders, pl.LightningDataModule):
     """Images + captions of a folder (see the module docstring).
 
     Args:
@@ -248,11 +250,3 @@ class ImageCaptionDataModule(pl.LightningDataModule):
         return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           collate_fn=collate_image_captions, generator=g if shuffle else None, drop_last=False)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
