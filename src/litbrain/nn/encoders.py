@@ -47,6 +47,7 @@ __all__ = [
     "causal_lm",
     "diffusion_pipeline",
     "parse_spec",
+    "quiet_loading",
     "tokenizer",
     "vision_tower",
 ]
@@ -78,6 +79,23 @@ def parse_spec(spec: str, backends: Sequence[str] = BACKENDS, what: str = "encod
 
 
 # ----------------------------------------------------------------------------- encoder names
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No transformers / diffusers "Loading weights" bars (frozen parts load at setup; bars would break one-line errors)."""
+    from diffusers.utils import logging as dl
+    from transformers.utils import logging as tl
+
+    was = tl.is_progress_bar_enabled()
+    tl.disable_progress_bar()
+    dl.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            tl.enable_progress_bar()
+        dl.enable_progress_bar()
+
+
 def _close(name: str, names: Sequence[str]) -> str:
     near = difflib.get_close_matches(name, list(names), n=5, cutoff=0.5)
     return f" (close: {near})" if near else ""
@@ -272,8 +290,9 @@ class FrozenTextEncoder:
 
             local = Path(self.name).is_dir()
             try:
-                self.tokenizer = AutoTokenizer.from_pretrained(self.name, local_files_only=local)
-                self.model = AutoModel.from_pretrained(self.name, local_files_only=local).to(self.device)
+                with quiet_loading():
+                    self.tokenizer = AutoTokenizer.from_pretrained(self.name, local_files_only=local)
+                    self.model = AutoModel.from_pretrained(self.name, local_files_only=local).to(self.device)
             except Exception as exc:
                 raise ConfigError(f"encoder={encoder!r}: cannot load a transformers model from '{self.name}' "
                                 f"({type(exc).__name__}: {exc}); fix: pass a local folder holding config.json, "
@@ -323,23 +342,13 @@ class PromptEncoder(nn.Module):
 
     def __init__(self, spec: str, max_length: int | None = 77, device: str = "cpu"):
         super().__init__()
-        from transformers import AutoModel, AutoTokenizer
-
         self.spec, self.device = str(spec), str(device)
         _check_device(self.device)
         text = self.spec
         folder = Path(text[len("diffusers:"):] if text.startswith("diffusers:") else text)
         try:
-            if text.startswith("diffusers:") or (folder / "model_index.json").is_file():
-                local = folder.is_dir()
-                name = str(folder)
-                self.tokenizer = AutoTokenizer.from_pretrained(name, subfolder="tokenizer", local_files_only=local)
-                self.text_model = AutoModel.from_pretrained(name, subfolder="text_encoder", local_files_only=local)
-            else:
-                name = parse_spec(text, ("hf",), "prompt")[1]
-                local = Path(name).is_dir()
-                self.tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local)
-                self.text_model = AutoModel.from_pretrained(name, local_files_only=local)
+            with quiet_loading():
+                self._load(text, folder)
         except ConfigError:
             raise
         except Exception as exc:
@@ -349,6 +358,18 @@ class PromptEncoder(nn.Module):
                               f"or an id in the Hugging Face cache") from None
         self.max_length = int(max_length if max_length is not None else self.tokenizer.model_max_length)
         self.text_model.to(self.device).eval().requires_grad_(False)
+
+    def _load(self, text: str, folder: Path) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        if text.startswith("diffusers:") or (folder / "model_index.json").is_file():
+            name, sub, local = str(folder), {"tokenizer": "tokenizer", "model": "text_encoder"}, folder.is_dir()
+        else:
+            name = parse_spec(text, ("hf",), "prompt")[1]
+            sub, local = {}, Path(name).is_dir()
+        extra = (lambda k: {"subfolder": sub[k]} if sub else {})
+        self.tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local, **extra("tokenizer"))
+        self.text_model = AutoModel.from_pretrained(name, local_files_only=local, **extra("model"))
 
     @property
     def width(self) -> int:
@@ -486,8 +507,9 @@ def causal_lm(spec: str | dict[str, Any], attn_implementation: str = "eager") ->
     if isinstance(spec, str):
         name = _hf_name(spec, "causal LM")
         try:
-            return AutoModelForCausalLM.from_pretrained(name, attn_implementation=attn_implementation,
-                                                        local_files_only=Path(name).is_dir())
+            with quiet_loading():
+                return AutoModelForCausalLM.from_pretrained(name, attn_implementation=attn_implementation,
+                                                            local_files_only=Path(name).is_dir())
         except Exception as exc:
             raise ConfigError(f"lm={spec!r}: cannot load a causal LM ({type(exc).__name__}: {str(exc)[:200]}); fix: "
                               f"a local folder saved with save_pretrained, or a Hub id in the Hugging Face cache "
@@ -523,7 +545,8 @@ def diffusion_pipeline(spec: str, **kwargs: Any) -> Any:
 
     backend, name = parse_spec(spec, ("diffusers",), "diffusion pipeline")
     try:
-        return DiffusionPipeline.from_pretrained(name, local_files_only=Path(name).is_dir(), **kwargs)
+        with quiet_loading():
+            return DiffusionPipeline.from_pretrained(name, local_files_only=Path(name).is_dir(), **kwargs)
     except Exception as exc:
         raise ConfigError(f"pipeline={spec!r}: cannot load a diffusers pipeline ({type(exc).__name__}: {str(exc)[:200]}); "
                           f"fix: a folder saved with save_pretrained (model_index.json), or a Hub id in the cache") from None

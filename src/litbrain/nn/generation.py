@@ -16,18 +16,18 @@ which generated and real images are compared (Frechet distance, two-way identifi
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from litbrain.errors import ConfigError
+from litbrain.nn.encoders import quiet_loading
 from litbrain.nn.registry import ModelCard, ModelConfig
 
 __all__ = ["GENERATION_TEXT_ENCODER", "ProbeFeatures", "UnetConfig", "VaeConfig", "WorldProbe", "WorldProbeConfig",
@@ -52,23 +52,6 @@ def resolve_text_encoder(spec: str) -> str:
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"text_encoder={spec!r}: cannot get a model folder from package {name!r} ({exc}); fix: "
                           f"install it, or give hf:<id or folder>") from None
-
-
-@contextlib.contextmanager
-def quiet_loading() -> Iterator[None]:
-    """No transformers / diffusers "Loading weights" bars (frozen parts load at setup; bars would break one-line errors)."""
-    from diffusers.utils import logging as dl
-    from transformers.utils import logging as tl
-
-    was = tl.is_progress_bar_enabled()
-    tl.disable_progress_bar()
-    dl.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            tl.enable_progress_bar()
-        dl.enable_progress_bar()
 
 
 # ----------------------------------------------------------------------------- VAE and UNet configs
