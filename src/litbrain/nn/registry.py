@@ -43,6 +43,7 @@ MODEL_TYPES: dict[str, str] = {
     "causal_lm": "litbrain.nn.distill:CausalLm",
     "seq2seq_lm": "litbrain.nn.distill:Seq2SeqStudent",
     "wave": "litbrain.nn.wave:WaveEncoder",
+    "brain_to_image": "litbrain.nn.brain_to_image:BrainToImage",
 }
 
 C = TypeVar("C", bound="ModelConfig")
