@@ -112,7 +112,7 @@ FAMILIES: dict[str, dict[str, Verb]] = {
     "recon": {
         "prepare": Verb("litbrain.datamodules.recon.datamodule:prepare_recon",
                         "align a pipeline's VAE latents + caption conditioning (embed-images/-captions) to a prepared set"),
-        "reconstruct": Verb("litbrain.evaluation.reconstruction:reconstruct",
+        "synthesize-images": Verb("litbrain.evaluation.reconstruction:reconstruct",
                             "fMRI -> blurry image (VAE) -> img2img from it on the predicted conditioning: PNGs + grid"),
         "evaluate": Verb("litbrain.evaluation.reconstruction:evaluate_reconstruction",
                          "the MindEye table: PixCorr, SSIM, 2-way id, probe attributes, retrieval vs ridge, oracle, chance"),
@@ -145,7 +145,7 @@ FAMILY_HELP = {
     "wave": "whole-brain fMRI foundation encoder (WAVE): synthetic BIDS world, nilearn parcels, ablation maps",
     "vlm": "vision-language models with vision-token dropping (MustDrop, ToMe, FastV): bench, bench-vit",
     "recon": "brain -> image (MindEye2's low-/high-level pathways) through a diffusers img2img pipeline: prepare, "
-             "reconstruct, evaluate (fit: configs/recon/demo.yaml)",
+             "synthesize-images (the reconstructions), evaluate (fit: configs/recon/demo.yaml)",
     "distill": "distillation of a decoder-only LM into an encoder-decoder student (Return of the Encoder): "
                "evaluate, bench (export --hf true: Hugging Face format)",
 }

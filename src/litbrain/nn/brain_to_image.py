@@ -98,7 +98,7 @@ class BrainToImageConfig(BrainDecoderConfig):
             summary=base.summary + (
                 f"\n\nReconstruction heads: VAE latents {self.latent_shape} (the blurry image) and the pipeline's caption "
                 f"conditioning {self.conditioning_shape} (through a GILL mapper); pipeline: {self.pipeline}.\n"
-                "Reconstruct with `litbrain recon reconstruct` (img2img from the blurry image)."),
+                "Reconstruct with `litbrain recon synthesize-images` (img2img from the blurry image)."),
             tags=["brain-decoding", "fmri", "image-reconstruction"],
             usage=(f'out = model({{"{first}": voxels}})\n'
                    'out["latents"]        # (batch, C, h, w) VAE latents (x scaling factor): vae.decode -> blurry image\n'
