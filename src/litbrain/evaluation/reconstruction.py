@@ -338,6 +338,18 @@ def _decode(model: Any, subject: str, brain: torch.Tensor, batch_size: int = 256
     return {k: torch.cat(v) for k, v in outs.items()}
 
 
+def _open(checkpoint: str, pipeline: Optional[str], strength: float, device: str) -> tuple[Any, Any, str]:
+    """The brain_to_image model, the img2img pipeline (its own, or ``pipeline``) and the pipeline's spec, checked."""
+    check_strength(strength)
+    model = load_model(checkpoint, "brain_to_image", "pass the release or checkpoint of a ReconstructionTask run")
+    spec = pipeline or model.config.pipeline
+    if not spec:
+        raise ConfigError(f"{checkpoint}: the model names no pipeline; fix: pass --pipeline <pipeline folder>")
+    pipe = load_pipeline(spec, device)
+    _check_model(model, pipe, checkpoint)
+    return model, pipe, spec
+
+
 def _check_model(model: Any, pipe: Any, checkpoint: str) -> None:
     check_conditioning(pipe, model.conditioning_shape[-1], f"{checkpoint}: net.conditioning_shape")
     c = int(pipe.vae.config.latent_channels)
@@ -374,13 +386,7 @@ def reconstruct(
 
     Returns ``{subject: grid path}``.
     """
-    check_strength(strength)
-    model = load_model(checkpoint, "brain_to_image", "pass the release or checkpoint of a ReconstructionTask run")
-    spec = pipeline or model.config.pipeline
-    if not spec:
-        raise ConfigError(f"{checkpoint}: the model names no pipeline; fix: pass --pipeline <pipeline folder>")
-    pipe = load_pipeline(spec, device)
-    _check_model(model, pipe, checkpoint)
+    model, pipe, spec = _open(checkpoint, pipeline, strength, device)
     data, raw = Path(data_dir), Path(raw_dir)
     chosen = _subjects(data, model, subjects, checkpoint)
     stimulus_ids = _stimulus_ids(data)
@@ -477,13 +483,7 @@ def evaluate_reconstruction(
     """
     from litbrain.datamodules.recon.datamodule import read_recon_manifest
 
-    check_strength(strength)
-    model = load_model(checkpoint, "brain_to_image", "pass the release or checkpoint of a ReconstructionTask run")
-    spec = pipeline or model.config.pipeline
-    if not spec:
-        raise ConfigError(f"{checkpoint}: the model names no pipeline; fix: pass --pipeline <pipeline folder>")
-    pipe = load_pipeline(spec, device)
-    _check_model(model, pipe, checkpoint)
+    model, pipe, spec = _open(checkpoint, pipeline, strength, device)
     data, raw = Path(data_dir), Path(raw_dir)
     read_recon_manifest(data)
     chosen = _subjects(data, model, subjects, checkpoint)

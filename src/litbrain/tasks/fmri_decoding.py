@@ -208,8 +208,12 @@ class FmriDecodingTask(LitbrainTask):
         total = getattr(self, "_total_steps", None) or max(int(self.trainer.estimated_stepping_batches), 1)
         return self.global_step / total
 
+    def training_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The objective of one training batch and its logged terms (:func:`decoder_loss`)."""
+        return decoder_loss(self.model, batch, self._progress(), self.hparams)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss, logs = decoder_loss(self.model, batch, self._progress(), self.hparams)
+        loss, logs = self.training_loss(batch)
         n = batch["subject"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         # The loss terms only on logging steps: each self.log walks every stored metric, and

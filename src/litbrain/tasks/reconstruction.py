@@ -105,14 +105,8 @@ class ReconstructionTask(FmriDecodingTask):
         self.net = net.replace(latent_shape=list(dm.latent_shape), conditioning_shape=list(dm.conditioning_shape),
                                pipeline=net.pipeline or dm.pipeline)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss, logs = reconstruction_loss(self.model, batch, self._progress(), self.hparams)
-        n = batch["subject"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=n)
-        trainer = self.trainer
-        if trainer.loggers and (trainer.global_step + 1) % max(trainer.log_every_n_steps, 1) == 0:
-            self.log_dict(logs, batch_size=n)
-        return loss
+    def training_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        return reconstruction_loss(self.model, batch, self._progress(), self.hparams)
 
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: dict[str, Any], metrics: nn.ModuleDict) -> None:
