@@ -355,8 +355,14 @@ def embed_captions(
         owner = np.repeat(np.arange(len(ids)), [len(by_id[s]) for s in ids])
 
     if prompt:
+        # A pipeline's conditioning depends on the caption alone (padded to max_length, no batch effects):
+        # encode each distinct caption once (templated worlds repeat captions many times).
         pe = PromptEncoder(encoder, max_length=max_length if max_length is not None else 77, device=device)
-        enc: Any = lambda batch: pe(batch).numpy()  # noqa: E731
+        unique, inverse = np.unique(np.asarray(texts, dtype=object).astype(str), return_inverse=True)
+        states = np.concatenate([pe(list(unique[a:a + int(batch_size)])).numpy()
+                                 for a in range(0, len(unique), int(batch_size))])
+        texts = list(range(len(texts)))  # rows; enc looks up each row's caption states
+        enc: Any = lambda rows: states[inverse[np.asarray(rows)]]  # noqa: E731
     else:
         enc = FrozenTextEncoder(encoder, pretrained=pretrained, device=device, model_config=model_config,
                                 normalize=normalize, max_length=max_length)

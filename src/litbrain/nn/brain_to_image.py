@@ -8,7 +8,8 @@ shared residual MLP -> retrieval heads, unchanged) with two more heads on the ba
   which the pipeline's VAE decodes into the blurry reconstruction;
 * high-level: ``Linear(width -> n_tokens x token_dim)`` gives the backbone's output tokens, which
   GILL's mapping network (:class:`~litbrain.nn.mapping.GillMapper`) turns into the pipeline's
-  caption conditioning ``(77, D)`` (``prompt_embeds`` of a diffusers pipeline).
+  caption conditioning ``(77, D)`` (``prompt_embeds`` of a diffusers pipeline), plus (``conditioning_skip``)
+  a zero-initialised linear map of the backbone features.
 
 Plain ``torch.nn``; the sizes are one config dataclass (written into releases' config.json).
 """
@@ -41,6 +42,9 @@ class BrainToImageConfig(BrainDecoderConfig):
         n_tokens / token_dim: the backbone's output tokens fed to the mapper (GILL: 8 [IMG] tokens).
         mapper_hidden_dim / mapper_heads / mapper_layers / mapper_ffn: the GillMapper's Transformer
             (GILL: 512, 4, 4 encoder + 4 decoder layers, 2048).
+        conditioning_skip: add a linear map of the backbone features (zero-initialised) to the mapper's
+            output. The GILL mapper alone learned only the mean conditioning within the CPU demo's budget
+            (2-way identification of its output at chance); this ridge-like path carries the per-stimulus part.
         pipeline: the diffusers pipeline whose VAE / text encoder made the targets (recorded for reconstruction).
     """
 
@@ -55,6 +59,7 @@ class BrainToImageConfig(BrainDecoderConfig):
     mapper_heads: int = 4
     mapper_layers: int = 2
     mapper_ffn: int = 256
+    conditioning_skip: bool = True
     pipeline: str | None = None
 
     def __post_init__(self) -> None:
@@ -141,6 +146,12 @@ class BrainToImage(BrainDecoder):
             self.to_tokens = nn.Linear(config.width, config.n_tokens * config.token_dim)
             self.token_norm = nn.LayerNorm(config.token_dim)
             self.mapper = GillMapper(config.mapper_config())
+            self.skip = None
+            if config.conditioning_skip:
+                t, d = config.conditioning_shape
+                self.skip = nn.Linear(config.width, t * d)
+                nn.init.zeros_(self.skip.weight)
+                nn.init.zeros_(self.skip.bias)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -159,5 +170,8 @@ class BrainToImage(BrainDecoder):
         h = self.features(brain)
         out = self.heads(h)
         out["latents"] = self.low_level(h)
-        out["conditioning"] = self.mapper(self.tokens(h))
+        cond = self.mapper(self.tokens(h))
+        if self.skip is not None:
+            cond = cond + self.skip(h).view(cond.shape)
+        out["conditioning"] = cond
         return out
