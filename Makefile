@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 # quiet and 0.39x when another job shares it (OpenMP barriers stall); README "Threads" has the figures.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install demo nsd-demo seeg-demo seeg-few-labels seeg-hg-demo encoding-demo distill-demo bench-distill wave-demo recon-demo test test-fast bench bench-nsd bench-seeg bench-vit bench-vlm \
+.PHONY: install demo nsd-demo seeg-demo seeg-few-labels seeg-hg-demo encoding-demo distill-demo bench-distill wave-demo generation-demo bench-generation recon-demo test test-fast bench bench-nsd bench-seeg bench-vit bench-vlm \
   clean-demo
 
 install: $(STAMP)
@@ -82,6 +82,19 @@ wave-demo: $(STAMP)
 	  --checkpoint $(WAVE)/labels1.0_pretrained_seed0/checkpoints/last.ckpt
 	$(BIN)/litbrain wave evaluate --config configs/wave/evaluate_demo.yaml --subjects '[sub-03]' \
 	  --checkpoint $(WAVE)/labels1.0_pretrained_seed0/checkpoints/last.ckpt --out_dir $(WAVE)/results_sub-03
+
+# Text-to-image latent diffusion on the 64-px stimulus world (~30-40 min on 2 shared CPU cores): the world, a diffusers
+# VAE, the world probe, the UNet (frozen VAE + frozen MiniLM), then held-out captions -> images judged by the probe.
+generation-demo: $(STAMP)
+	$(BIN)/litbrain generation synthesize --config configs/generation/synthetic_demo.yaml
+	$(BIN)/litbrain fit --config configs/generation/vae.yaml
+	$(BIN)/litbrain fit --config configs/generation/probe.yaml
+	$(BIN)/litbrain fit --config configs/generation/unet.yaml
+	$(BIN)/litbrain generation evaluate --config configs/generation/evaluate_demo.yaml
+	@echo "pipeline folder: runs/generation_demo/pipeline (diffusers StableDiffusionPipeline); figure: runs/generation_demo/results/grid.png"
+
+bench-generation: $(STAMP)
+	$(BIN)/litbrain generation bench --config configs/bench/generation.yaml
 
 seeg-demo: $(STAMP)
 	$(BIN)/litbrain seeg synthesize --config configs/seeg/synthetic_demo.yaml

@@ -29,6 +29,7 @@ _LAZY = {
     "seeg_word_labels": "seeg.synthetic",
     "EncodingDataModule": "encoding.datamodule", "prepare_encoding": "encoding.prepare",
     "synthesize_encoding": "encoding.synthetic", "encoding_oracle": "encoding.synthetic",
+    "ImageCaptionDataModule": "generation.datamodule", "read_image_captions": "generation.datamodule",
     "VqaDataModule": "vqa.datamodule", "world_tokenizer": "vqa.synthetic", "make_item": "vqa.synthetic",
     "render_scene": "vqa.synthetic", "vqa_chance_accuracy": "vqa.synthetic",
 }

@@ -130,3 +130,28 @@ def tiny_wave_prepared(tiny_wave_raw) -> Path:
     from litbrain.datamodules.wave.prepare import prepare_wave
 
     return prepare_wave(tiny_wave_raw, tiny_wave_raw.parent / "prepared", radius=8.0)
+
+
+# ----------------------------------------------------------------------------- generation family
+@pytest.fixture(scope="session")
+def tiny_gen_world(tmp_path_factory) -> Path:
+    """A tiny 16-px stimulus world (240 stimuli, 40 shared = test) with images, captions and truth."""
+    from litbrain.datamodules import synthesize_fmri
+    from tests.helpers.generation import TINY_WORLD
+
+    return synthesize_fmri(tmp_path_factory.mktemp("gen") / "raw", **TINY_WORLD)
+
+
+@pytest.fixture(scope="session")
+def tiny_gen_runs(tiny_gen_world, tmp_path_factory) -> dict[str, Path]:
+    """The demo chain at test size through the real CLI: VAE (4 epochs), then UNet (2 epochs), saved folders."""
+    from litbrain.cli import main
+    from tests.helpers.generation import fit_args
+
+    d = tmp_path_factory.mktemp("gen_runs")
+    main(fit_args("vae", tiny_gen_world, d / "vae", "--trainer.max_epochs", "4", "--data.init_args.batch_size", "16",
+                  "--model.init_args.lr", "5e-3"))
+    main(fit_args("unet", tiny_gen_world, d / "unet", "--trainer.max_epochs", "2", "--model.init_args.vae",
+                  str(d / "vae" / "out"), "--data.init_args.batch_size", "32", "--model.init_args.lr", "3e-3"))
+    return {"vae": d / "vae" / "out", "pipeline": d / "unet" / "out", "vae_run": d / "vae" / "run",
+            "unet_run": d / "unet" / "run"}

@@ -95,6 +95,26 @@ def distill_inputs(tmp_path_factory):
     return {"{distbad}": str(d)}
 
 
+@pytest.fixture(scope="module")
+def generation_inputs(tiny_gen_world, tmp_path_factory):
+    """Bad generation inputs: captions of a stimulus without image, a pipeline folder without unet/, a tiny VAE."""
+    import shutil
+
+    from tests.helpers.generation import tiny_vae_config
+
+    d = tmp_path_factory.mktemp("gen_bad")
+    shutil.copytree(tiny_gen_world, d / "orphans")
+    with open(d / "orphans" / "captions.tsv", "a") as f:
+        f.write("stim77777\ta green disc nobody drew\n")
+    for part in ("vae", "text_encoder", "tokenizer", "scheduler"):
+        (d / "nounet" / part).mkdir(parents=True)
+    (d / "nounet" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    tiny_vae_config().build().save_pretrained(d / "vae")
+    return {"{genraw}": str(tiny_gen_world), "{genbad}": str(d)}
+
+
+_GEN = str(REPO / "configs/generation")
+
 _DISTILL = ["fit", "--config", str(REPO / "configs/distill/student.yaml"), "--data.init_args.n_train", "16",
             "--data.init_args.n_val", "8", "--data.init_args.tokenizer_items", "300", "--trainer.default_root_dir",
             "{tmp}/run"]
@@ -207,6 +227,21 @@ CASES = {
     "distill fit: alpha outside [0, 1]": (_DISTILL + ["--model.init_args.alpha", "-0.1"], "model.init_args.alpha=-0.1"),
     "distill fit: a teacher that is not causal": (_DISTILL + ["--model.init_args.teacher", "{distbad}/seq2seq"],
                                                   "T5GemmaForConditionalGeneration is not a decoder-only causal LM"),
+    # text-to-image generation
+    "generation fit: captions of a stimulus without image": (
+        ["fit", "--config", f"{_GEN}/vae.yaml", "--data.init_args.raw_dir", "{genbad}/orphans",
+         "--trainer.default_root_dir", "{tmp}/run"], "1 caption id(s) have no image in stimuli.tsv (e.g. 'stim77777')"),
+    "generation fit: image size not a multiple of the VAE factor": (
+        ["fit", "--config", f"{_GEN}/vae.yaml", "--data.init_args.raw_dir", "{genraw}", "--data.init_args.image_size",
+         "30", "--trainer.default_root_dir", "{tmp}/run"],
+        "image size 30 is not a multiple of the VAE's downsampling factor 4"),
+    "generation fit: UNet width is not the text encoder's": (
+        ["fit", "--config", f"{_GEN}/unet.yaml", "--data.init_args.raw_dir", "{genraw}", "--model.init_args.vae",
+         "{genbad}/vae", "--model.init_args.net.cross_attention_dim", "768", "--trainer.default_root_dir", "{tmp}/run"],
+        "cross_attention_dim=768 but the text encoder's width is 384"),
+    "generation evaluate: a pipeline folder without unet/": (
+        ["generation", "evaluate", "--pipeline", "{genbad}/nounet", "--probe", "{genbad}/probe", "--raw_dir",
+         "{genraw}"], "nounet: the folder has no unet/"),
     "distill fit: source longer than the student's positions": (
         _DISTILL + ["--model.init_args.net.max_positions", "32"], "longer than the student's 32 positions"),
 }
@@ -235,7 +270,7 @@ def wave_inputs(tmp_path_factory):
 @pytest.mark.parametrize("name", list(CASES))
 def test_every_bad_input_is_one_line_naming_the_cause_and_the_fix(name, tmp_path, capsys, tiny_prepared, raw_3d,
                                                                   tiny_seeg_prepared, encoding_inputs, distill_inputs,
-                                                                  wave_inputs):
+                                                                  wave_inputs, generation_inputs):
     argv, expected = CASES[name]
     typo = tmp_path / "typo.yaml"
     typo.write_text("trainer:\n  max_epoch: 3\n")
@@ -243,7 +278,7 @@ def test_every_bad_input_is_one_line_naming_the_cause_and_the_fix(name, tmp_path
     text.write_text("these are my notes, not a checkpoint\n")
     fill = {"{tmp}": str(tmp_path), "{prepared}": str(tiny_prepared), "{raw3d}": str(raw_3d), "{typo}": str(typo),
             "{text}": str(text), "{seeg}": str(tiny_seeg_prepared), **encoding_inputs,
-            **distill_inputs, **wave_inputs}
+            **distill_inputs, **wave_inputs, **generation_inputs}
 
     def sub(a: str) -> str:
         for k, v in fill.items():

@@ -113,9 +113,18 @@ FAMILIES: dict[str, dict[str, Verb]] = {
         "prepare": Verb("litbrain.datamodules.recon.datamodule:prepare_recon",
                         "align a pipeline's VAE latents + caption conditioning (embed-images/-captions) to a prepared set"),
         "synthesize-images": Verb("litbrain.evaluation.reconstruction:reconstruct",
-                            "fMRI -> blurry image (VAE) -> img2img from it on the predicted conditioning: PNGs + grid"),
+                                  "fMRI -> blurry image (VAE) -> img2img from it on the predicted conditioning: PNGs + grid"),
         "evaluate": Verb("litbrain.evaluation.reconstruction:evaluate_reconstruction",
                          "the MindEye table: PixCorr, SSIM, 2-way id, probe attributes, retrieval vs ridge, oracle, chance"),
+    },
+    "generation": {
+        "synthesize": Verb("litbrain.datamodules.fmri.synthetic:synthesize_fmri",
+                           "write the stimulus world (images, captions, true attributes): fmri synthesize's world"),
+        "evaluate": Verb("litbrain.evaluation.generation:evaluate_generation",
+                         "generate for held-out captions: probe attribute accuracy vs real and chance, probe FD, grid"),
+        "bench": Verb("litbrain.benchmarks.generation:bench_generation",
+                      "UNet training samples/s and seconds per generated image at 25 steps "
+                      "(configs/bench/generation.yaml)"),
     },
     "distill": {
         "evaluate": Verb("litbrain.evaluation.distill:evaluate_distill",
@@ -146,6 +155,8 @@ FAMILY_HELP = {
     "vlm": "vision-language models with vision-token dropping (MustDrop, ToMe, FastV): bench, bench-vit",
     "recon": "brain -> image (MindEye2's low-/high-level pathways) through a diffusers img2img pipeline: prepare, "
              "synthesize-images (the reconstructions), evaluate (fit: configs/recon/demo.yaml)",
+    "generation": "text-to-image latent diffusion through diffusers (VAE, UNet, MiniLM or SD v1.5) and the world probe: "
+                  "synthesize, evaluate, bench",
     "distill": "distillation of a decoder-only LM into an encoder-decoder student (Return of the Encoder): "
                "evaluate, bench (export --hf true: Hugging Face format)",
 }
