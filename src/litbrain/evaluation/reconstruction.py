@@ -95,9 +95,7 @@ def _corr_two_way(pred: torch.Tensor, true: torch.Tensor) -> float:
 # ----------------------------------------------------------------------------- the pipeline
 def load_pipeline(spec: str, device: str = "cpu") -> Any:
     """A ``StableDiffusionImg2ImgPipeline`` from a pipeline folder / ``diffusers:<id>`` (it must have a VAE)."""
-    from diffusers import StableDiffusionImg2ImgPipeline
-
-    from litbrain.nn.encoders import diffusion_pipeline
+    from litbrain.nn.generation import load_pipeline as load
 
     folder = Path(str(spec)[len("diffusers:"):] if str(spec).startswith("diffusers:") else str(spec))
     if folder.is_dir() and (folder / "model_index.json").is_file():
@@ -110,16 +108,12 @@ def load_pipeline(spec: str, device: str = "cpu") -> Any:
     level = dlog.get_verbosity()
     dlog.set_verbosity_error()  # "expected CLIPTextModel" (a MiniLM pipeline) and the safety-checker notice
     try:
-        pipe = diffusion_pipeline(str(spec), safety_checker=None, requires_safety_checker=False)
+        pipe = load(str(spec), "img2img", device)
     finally:
         dlog.set_verbosity(level)
     if getattr(pipe, "vae", None) is None:
         raise ConfigError(f"pipeline={spec!r}: the pipeline has no VAE; fix: save the pipeline with its AutoencoderKL")
-    pipe = StableDiffusionImg2ImgPipeline(**{k: v for k, v in pipe.components.items()
-                                            if k in StableDiffusionImg2ImgPipeline._get_signature_keys(
-                                                StableDiffusionImg2ImgPipeline)[0]})
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return pipe
 
 
 def check_strength(strength: float) -> float:
