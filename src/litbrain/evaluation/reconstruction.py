@@ -317,7 +317,7 @@ def _write_examples(out: Path, subject: str, ids: Sequence[str], columns: dict[s
             _save_png(d / f"{ids[i]}_{name.replace(' ', '_')}.png", imgs[i])
     grid = out / f"grid_{subject}.png"
     _write_grid(grid, {k: v[:n] for k, v in columns.items()}, list(ids[:n]),
-                f"{subject}: seen | blurry | final (test stimuli)")
+                f"{subject}: {' | '.join(columns)} (test stimuli)")
     return grid
 
 
