@@ -83,11 +83,12 @@ wave-demo: $(STAMP)
 	$(BIN)/litbrain wave evaluate --config configs/wave/evaluate_demo.yaml --subjects '[sub-03]' \
 	  --checkpoint $(WAVE)/labels1.0_pretrained_seed0/checkpoints/last.ckpt --out_dir $(WAVE)/results_sub-03
 
-# Text-to-image latent diffusion on the 64-px stimulus world (~30-40 min on 2 shared CPU cores): the world, a diffusers
-# VAE, the world probe, the UNet (frozen VAE + frozen MiniLM), then held-out captions -> images judged by the probe.
+# Text-to-image latent diffusion on the 64-px stimulus world (~45 min on 2 quiet CPU cores): the world, a diffusers
+# VAE (+ its decoder fine-tuned), the world probe, the UNet (frozen VAE + frozen MiniLM), then held-out captions -> images judged by the probe.
 generation-demo: $(STAMP)
 	$(BIN)/litbrain generation synthesize --config configs/generation/synthetic_demo.yaml
 	$(BIN)/litbrain fit --config configs/generation/vae.yaml
+	$(BIN)/litbrain fit --config configs/generation/vae_decoder.yaml
 	$(BIN)/litbrain fit --config configs/generation/probe.yaml
 	$(BIN)/litbrain fit --config configs/generation/unet.yaml
 	$(BIN)/litbrain generation evaluate --config configs/generation/evaluate_demo.yaml

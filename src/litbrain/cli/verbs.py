@@ -122,6 +122,8 @@ FAMILIES: dict[str, dict[str, Verb]] = {
                            "write the stimulus world (images, captions, true attributes): fmri synthesize's world"),
         "evaluate": Verb("litbrain.evaluation.generation:evaluate_generation",
                          "generate for held-out captions: probe attribute accuracy vs real and chance, probe FD, grid"),
+        "prepare-pipeline": Verb("litbrain.evaluation.generation:export_pipeline",
+                                "the diffusers pipeline folder of a UNet checkpoint (e.g. last.ckpt of an unfinished run)"),
         "bench": Verb("litbrain.benchmarks.generation:bench_generation",
                       "UNet training samples/s and seconds per generated image at 25 steps "
                       "(configs/bench/generation.yaml)"),

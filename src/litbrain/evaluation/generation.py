@@ -32,7 +32,7 @@ import torch
 from litbrain.errors import ConfigError
 from litbrain.nn.generation import ProbeFeatures, WorldProbe, generate_from_embeddings, load_pipeline
 
-__all__ = ["chance_accuracy", "evaluate_generation", "image_grid", "load_probe", "probe_accuracy", "probe_fd",
+__all__ = ["chance_accuracy", "evaluate_generation", "export_pipeline", "image_grid", "load_probe", "probe_accuracy", "probe_fd",
            "to_unit"]
 
 
@@ -272,3 +272,39 @@ def _print_table(r: dict[str, Any]) -> None:
     for k in ("clip_score", "inception_fid"):
         if k in r:
             print(f"  {k:<24}{r[k]:>10.3f}")
+
+
+def export_pipeline(checkpoint: str, out: str, vae_decoder: str | None = None, overwrite: bool = False) -> str:
+    """The diffusers pipeline folder of a ``UnetTask`` checkpoint (``.ckpt``; e.g. ``last.ckpt`` of an unfinished
+    run): its UNet (EMA weights when kept) with the run's frozen VAE, text encoder and tokenizer.
+
+    Args:
+        checkpoint: a Lightning checkpoint of ``litbrain fit --config configs/generation/unet.yaml``.
+        out: the pipeline folder to write.
+        vae_decoder: a fine-tuned-decoder VAE (same encoder) to save instead of the run's VAE (null: the run's own
+            ``vae_decoder``, if any).
+        overwrite: replace an existing ``out``.
+    """
+    from litbrain.nn.generation import save_pipeline
+    from litbrain.tasks.generation import UnetTask
+    from litbrain.utils.checkpoint import read_checkpoint
+
+    if Path(out).exists() and not overwrite:
+        raise ConfigError(f"out={out}: already exists; fix: another folder or --overwrite true")
+    ckpt = read_checkpoint(checkpoint)
+    hp = dict(ckpt.get("hyper_parameters", {}))
+    if "caption_dropout" not in hp or "vae" not in hp:
+        raise ConfigError(f"checkpoint={checkpoint}: not a UnetTask checkpoint; fix: the checkpoint of a "
+                          f"configs/generation/unet.yaml run")
+    if vae_decoder is not None:
+        hp["vae_decoder"] = vae_decoder
+    hp = {k: v for k, v in hp.items() if not k.startswith("_")}
+    task = UnetTask(**hp)
+    task.setup("fit")
+    task.configure_model()
+    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    task.model.load_state_dict(state)
+    task.on_load_checkpoint(ckpt)
+    folder = save_pipeline(task.pipeline(), out)
+    print(f"wrote the pipeline of {checkpoint} (step {ckpt.get('global_step')}) to {folder}", flush=True)
+    return str(folder)

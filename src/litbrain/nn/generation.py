@@ -275,8 +275,9 @@ class WorldProbeConfig(ModelConfig):
     def examples(cls) -> list["WorldProbeConfig"]:
         return [cls(image_size=16, channels=[4, 8], attributes={"colour": 3, "hpos": 3})]
 
-    def example_input(self) -> Any:
-        return torch.rand(2, 3, self.image_size, self.image_size)
+    def example_input(self, batch_size: int = 2, seed: int = 0) -> Any:
+        g = torch.Generator().manual_seed(seed)
+        return torch.rand(batch_size, 3, self.image_size, self.image_size, generator=g)
 
     def card(self) -> ModelCard:
         return ModelCard(title="World probe", summary=f"A CNN reading the attributes {sorted(self.attributes or {})} "
@@ -303,8 +304,9 @@ class WorldProbe(nn.Module):
             prev = ch
         self.stages = nn.ModuleList(stages)
         side = c.image_size // 2 ** len(c.channels)
-        # The heads read the last stage's spatial map (position is spatial), flattened.
-        self.heads = nn.ModuleDict({a: nn.Linear(prev * max(side, 1) ** 2, n) for a, n in c.attributes.items()})
+        # The heads read the last stage's spatial map, flattened (where things are), and its spatial maximum
+        # (what is there, wherever it is).
+        self.heads = nn.ModuleDict({a: nn.Linear(prev * max(side, 1) ** 2 + prev, n) for a, n in c.attributes.items()})
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 3:
@@ -325,7 +327,7 @@ class WorldProbe(nn.Module):
             if i == 0:
                 early = x.mean((2, 3))
         late = x.mean((2, 3))
-        flat = x.flatten(1)
+        flat = torch.cat([x.flatten(1), x.amax((2, 3))], 1)
         return {"logits": {a: h(flat) for a, h in self.heads.items()}, "early": early, "late": late}
 
     def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -83,14 +83,21 @@ class VaeTask(LitbrainTask):
         save_dir: where the trained VAE is saved (``AutoencoderKL.save_pretrained``) at the end of fit.
         init_from: start from a saved AutoencoderKL (a ``save_dir`` of an earlier run, or
             ``diffusers:<pipeline>`` for its ``vae/``, e.g. SD v1.5's to fine-tune); ``net`` is then ignored.
+        train: ``all``, or ``decoder`` (encoder frozen, so latents -- and a UNet trained on them -- stay valid:
+            SD's ft-MSE decoder fine-tuning); ``decoder`` needs ``init_from``.
     """
 
     config_class = VaeConfig
 
     def __init__(self, net: VaeConfig | None = None, lr: float = 2e-3, weight_decay: float = 0.0,
                  warmup_fraction: float = 0.05, kl_weight: float = 1e-6, save_dir: str | None = None,
-                 init_from: str | None = None) -> None:
+                 init_from: str | None = None, train: str = "all") -> None:
         super().__init__()
+        if train not in ("all", "decoder"):
+            raise ConfigError(f"model.init_args.train={train!r}; fix: 'all' or 'decoder'")
+        if train == "decoder" and not init_from:
+            raise ConfigError("model.init_args.train=decoder needs model.init_args.init_from (the VAE whose encoder "
+                              "stays); fix: set init_from")
         if kl_weight < 0:
             raise ConfigError(f"model.init_args.kl_weight={kl_weight}; fix: a weight >= 0")
         self.save_hyperparameters()
@@ -117,9 +124,17 @@ class VaeTask(LitbrainTask):
             self.model = load_vae(self.hparams.init_from, "model.init_args.init_from") if self.hparams.init_from \
                 else self.net.build()
         self.model.train()  # from_pretrained gives eval mode
+        if self.hparams.train == "decoder":
+            for part in (self.model.encoder, self.model.quant_conv):
+                if part is not None:
+                    part.requires_grad_(False)
 
     def _loss(self, x: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        post = self.model.encode(x).latent_dist
+        if self.hparams.train == "decoder":
+            with torch.no_grad():
+                post = self.model.encode(x).latent_dist
+        else:
+            post = self.model.encode(x).latent_dist
         z = post.sample() if sample else post.mode()
         rec = self.model.decode(z).sample
         mse = F.mse_loss(rec, x)
@@ -156,7 +171,9 @@ class VaeTask(LitbrainTask):
         was = self.model.training
         self.model.eval()
         std = self.latent_std() if self.datamodule is not None else 1.0
-        self.model.register_to_config(scaling_factor=1.0 / max(std, 1e-6))
+        if self.hparams.train == "all":  # a decoder fine-tune keeps the latents, so their scale
+            self.model.register_to_config(scaling_factor=1.0 / max(std, 1e-6))
+        std = 1.0 / float(self.model.config.scaling_factor)
         self.model.train(was)
         if self.hparams.save_dir and self.trainer.is_global_zero:
             from litbrain.utils.io import atomic_dir
@@ -200,6 +217,8 @@ class UnetTask(LitbrainTask):
         sampler: the scheduler saved in the pipeline: ``ddim`` or ``pndm``.
         cache: keep the frozen parts' outputs (caption embeddings, latent mean/std per stimulus) in memory.
         save_dir: where the pipeline folder is saved at the end of fit.
+        vae_decoder: a VAE with the same encoder and a fine-tuned decoder (``VaeTask`` with ``train: decoder``),
+            read at the end of fit and saved in the pipeline instead of ``vae``; null: ``vae`` itself.
     """
 
     config_class = UnetConfig
@@ -208,7 +227,7 @@ class UnetTask(LitbrainTask):
                  text_encoder: str = GENERATION_TEXT_ENCODER, pipeline: str | None = None, lr: float = 1e-3,
                  weight_decay: float = 1e-2, warmup_fraction: float = 0.05, caption_dropout: float = 0.1,
                  ema_decay: float | None = None, sampler: str = "ddim", cache: bool = True,
-                 save_dir: str | None = None) -> None:
+                 save_dir: str | None = None, vae_decoder: str | None = None) -> None:
         super().__init__()
         if not 0 <= caption_dropout < 1:
             raise ConfigError(f"model.init_args.caption_dropout={caption_dropout}; fix: a share in [0, 1)")
@@ -401,7 +420,17 @@ class UnetTask(LitbrainTask):
             unet = copy.deepcopy(self.model)
             self.ema.copy_to(unet.parameters())
         enc = self.encoder
-        return assemble_pipeline(self.vae, unet.eval(), enc.text_model, enc.tokenizer,
+        vae = self.vae
+        if self.hparams.vae_decoder:
+            vae = load_vae(self.hparams.vae_decoder, "model.init_args.vae_decoder")
+            same = all(torch.equal(a, b) for a, b in zip(vae.encoder.state_dict().values(),
+                                                          self.vae.encoder.state_dict().values()))
+            if not same:
+                raise ConfigError(f"model.init_args.vae_decoder={self.hparams.vae_decoder}: its encoder is not the "
+                                  f"training VAE's, so its latents differ; fix: a VaeTask run with train: decoder and "
+                                  f"init_from the training VAE")
+            vae.register_to_config(scaling_factor=float(self.vae.config.scaling_factor))
+        return assemble_pipeline(vae.eval(), unet.eval(), enc.text_model, enc.tokenizer,
                                  sampling_scheduler(self.scheduler, self.hparams.sampler))
 
     def on_train_end(self) -> None:
