@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 # quiet and 0.39x when another job shares it (OpenMP barriers stall); README "Threads" has the figures.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install demo nsd-demo seeg-demo seeg-few-labels seeg-hg-demo encoding-demo distill-demo bench-distill gill-demo bench-gill wave-demo generation-demo bench-generation test test-fast bench bench-nsd bench-seeg bench-vit bench-vlm \
+.PHONY: install demo nsd-demo seeg-demo seeg-few-labels seeg-hg-demo encoding-demo distill-demo bench-distill gill-demo bench-gill wave-demo generation-demo bench-generation recon-demo test test-fast bench bench-nsd bench-seeg bench-vit bench-vlm \
   clean-demo
 
 install: $(STAMP)
@@ -172,6 +172,24 @@ distill-demo: $(STAMP)
 	  --model.init_args.teacher null --trainer.default_root_dir $(DIS)/ce_decoder
 	$(BIN)/litbrain distill evaluate --config configs/distill/evaluate_demo.yaml
 	$(BIN)/litbrain export --hf true --checkpoint $(DIS)/kd_seq2seq/checkpoints/best.ckpt --out $(DIS)/kd_seq2seq_hf --overwrite true
+
+# Brain -> image (MindEye2's two pathways) through the generation demo's pipeline, VAE and probe
+# (`make generation-demo` makes them when runs/generation_demo/pipeline is missing). Prints the MindEye table.
+REC := runs/recon_demo
+GEN_PIPELINE ?= runs/generation_demo/pipeline
+GEN_PROBE ?= runs/generation_demo/probe_release
+recon-demo: $(STAMP)
+	@test -f $(GEN_PIPELINE)/model_index.json -a -f $(GEN_PROBE)/config.json || $(MAKE) generation-demo
+	$(BIN)/litbrain fmri synthesize --config configs/recon/synthetic_demo.yaml
+	$(BIN)/litbrain fmri prepare --config configs/recon/prepare_demo.yaml
+	$(BIN)/litbrain embed-images --config configs/recon/embed_latents_demo.yaml --encoder $(GEN_PIPELINE)
+	$(BIN)/litbrain embed-captions --config configs/recon/embed_conditioning_demo.yaml --encoder $(GEN_PIPELINE)
+	$(BIN)/litbrain recon prepare --config configs/recon/prepare_recon_demo.yaml
+	$(BIN)/litbrain fit --config configs/recon/demo.yaml
+	$(BIN)/litbrain export --config configs/recon/export_demo.yaml
+	$(BIN)/litbrain fit --config configs/recon/new_subject_demo.yaml
+	$(BIN)/litbrain recon synthesize-images --config configs/recon/reconstruct_demo.yaml --pipeline $(GEN_PIPELINE)
+	$(BIN)/litbrain recon evaluate --config configs/recon/evaluate_demo.yaml --pipeline $(GEN_PIPELINE) --probe $(GEN_PROBE)
 
 bench-distill: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/litbrain distill bench --config configs/bench/distill.yaml

@@ -20,6 +20,10 @@ Encoders are named ``<backend>:<model>``:
   works offline) and ``hf:<model id or local folder>`` (transformers ``AutoTokenizer`` /
   ``AutoModel``, mean pooling over the attention mask, then L2 normalisation: the
   sentence-transformers recipe).
+* a diffusers pipeline (``diffusers:<id>`` or a folder with ``model_index.json``) -- images: its
+  VAE's latents times the scaling factor, ``(N, C, h, w)`` (MindEye2's low-level target);
+  captions: its text encoder's conditioning as the pipeline computes it from a prompt,
+  ``(N, 77, D)`` (``nn.encoders.PromptEncoder``; the brain-to-image high-level target).
 
 Preprocessing is the library's own (open_clip's eval ``preprocess``; timm's
 ``resolve_data_config`` + ``create_transform``). Models run frozen: ``eval()``, no gradients,
@@ -54,6 +58,8 @@ from litbrain.nn.encoders import (
     TEXT_BACKENDS,
     FrozenImageEncoder,
     FrozenTextEncoder,
+    PromptEncoder,
+    VaeEncoder,
     parse_spec,
 )
 from litbrain.utils.io import atomic_file, remove_stale_temporaries, temporary_sibling
@@ -156,6 +162,12 @@ def _open_image(path: Path, rel: str, load: bool):
                         f"or not an image -- re-export it (PNG/JPEG) or correct its path in stimuli.tsv") from exc
 
 
+def _is_pipeline(spec: str) -> bool:
+    """A diffusers pipeline spec: ``diffusers:<id or folder>`` or a folder holding ``model_index.json``."""
+    text = str(spec)
+    return text.startswith("diffusers:") or (Path(text) / "model_index.json").is_file()
+
+
 def embed_images(
     raw_dir: str | os.PathLike,
     encoder: str = "open_clip:ViT-bigG-14",
@@ -166,6 +178,7 @@ def embed_images(
     device: str = "cpu",
     model_config: str | None = None,
     overwrite: bool = False,
+    image_size: int | None = None,
 ) -> Path:
     """Embed every stimulus image with a frozen image encoder; write ``ids`` + ``embeddings`` to an npz.
 
@@ -173,7 +186,9 @@ def embed_images(
         raw_dir: Raw dataset folder holding ``stimuli.tsv`` (columns stimulus_id, image: a path
             relative to ``raw_dir`` or absolute) and the images.
         encoder: ``open_clip:<model>`` (e.g. ``open_clip:ViT-bigG-14``, MindEye2's target;
-            ``open_clip:ViT-L-14`` for MindEye1) or ``timm:<model>`` (e.g. ``timm:vit_base_patch16_224``).
+            ``open_clip:ViT-L-14`` for MindEye1), ``timm:<model>`` (e.g. ``timm:vit_base_patch16_224``),
+            or a diffusers pipeline (``diffusers:<id>`` / a pipeline folder): its VAE's scaled latents
+            ``(N, C, h, w)`` (``output`` and ``pretrained`` are then ignored).
         pretrained: Weights: an open_clip pretrained tag (``laion2b_s39b_b160k``) or a local
             checkpoint file; for timm any true value loads the model's default pretrained weights
             (a local file path is used as their file). ``None`` = random initialisation (tests).
@@ -188,6 +203,7 @@ def embed_images(
             arguments of ``timm.create_model`` (img_size, patch_size, embed_dim, depth, num_heads, ...).
         overwrite: Replace an existing ``out`` computed from other inputs or parameters (same
             inputs and parameters = returns at once).
+        image_size: pipeline VAE only: the side images are resized to (default: the VAE's sample_size).
 
     Returns:
         The path of the npz (arrays ``ids`` (N,), ``embeddings`` float32, ``meta`` JSON).
@@ -197,11 +213,13 @@ def embed_images(
             ``out`` is then left as it was.
     """
     raw = Path(raw_dir)
+    vae = _is_pipeline(encoder)
     if output not in ("tokens", "pooled"):
         raise DataError(f"output={output!r}: unknown; fix: pass 'tokens' or 'pooled'")
     if int(batch_size) < 1:
         raise DataError(f"batch_size={batch_size}: must be >= 1; fix: pass e.g. 32")
-    parse_spec(encoder, IMAGE_BACKENDS, "image")
+    if not vae:
+        parse_spec(encoder, IMAGE_BACKENDS, "image")
     df = _read_stimuli(raw)
     ids = df["stimulus_id"].tolist()
     rels = df["image"].tolist()
@@ -214,13 +232,18 @@ def embed_images(
                         f"fix: add the images or correct their paths (relative to {raw})")
     dest = _resolve_out(raw, out)
     params = {"kind": "image", "encoder": encoder, "pretrained": pretrained, "output": output}
+    if vae:
+        params = {"kind": "image", "encoder": encoder, "output": "vae_latents", "image_size": image_size}
     fp = _fingerprint([raw / "stimuli.tsv", *paths], params, model_config)
     if _up_to_date(dest, fp, overwrite):
         return dest
     for p, r in zip(paths, rels):  # cheap header check before loading any model
         _open_image(p, r, load=False)
 
-    enc = FrozenImageEncoder(encoder, pretrained=pretrained, output=output, device=device, model_config=model_config)
+    if vae:
+        enc: Any = VaeEncoder(encoder, image_size=image_size, device=device)
+    else:
+        enc = FrozenImageEncoder(encoder, pretrained=pretrained, output=output, device=device, model_config=model_config)
     bs = int(batch_size)
 
     def blocks() -> Iterator[np.ndarray]:
@@ -265,8 +288,11 @@ def embed_captions(
             ``captions.tsv`` (columns stimulus_id, caption; one or more rows per stimulus; rows
             of stimuli not in stimuli.tsv are ignored).
         encoder: ``open_clip:<model>`` (its text tower and tokenizer, e.g.
-            ``open_clip:ViT-bigG-14``) or ``hf:<model id or local folder>`` (transformers
-            AutoModel, mean pooling over the attention mask, L2-normalised).
+            ``open_clip:ViT-bigG-14``), ``hf:<model id or local folder>`` (transformers
+            AutoModel, mean pooling over the attention mask, L2-normalised), or a diffusers
+            pipeline (``diffusers:<id>`` / a pipeline folder): its text encoder's conditioning
+            ``(N, max_length or 77, D)`` as the pipeline computes it (never normalised; ``mean``
+            averages the token states of a stimulus's captions, ``random`` keeps one caption's).
         pretrained: open_clip weights: a pretrained tag or a local checkpoint file; ``None`` =
             random initialisation (tests). Ignored by ``hf:`` (the folder or id is the model).
             Downloading needs a network; offline, weights must already be in the Hugging Face cache.
@@ -296,7 +322,9 @@ def embed_captions(
         raise DataError(f"reduce={reduce!r}: unknown; fix: pass 'mean' or 'random'")
     if int(batch_size) < 1:
         raise DataError(f"batch_size={batch_size}: must be >= 1; fix: pass e.g. 64")
-    parse_spec(encoder, TEXT_BACKENDS, "text")
+    prompt = _is_pipeline(encoder)
+    if not prompt:
+        parse_spec(encoder, TEXT_BACKENDS, "text")
     ids = _read_stimuli(raw)["stimulus_id"].tolist()
     cap_path = raw / "captions.tsv"
     caps = read_tsv(cap_path, {"stimulus_id": str, "caption": str}, what="captions")
@@ -311,6 +339,9 @@ def embed_captions(
     dest = _resolve_out(raw, out)
     params = {"kind": "text", "encoder": encoder, "pretrained": pretrained, "reduce": reduce, "seed": int(seed),
               "normalize": bool(normalize), "max_length": max_length}
+    if prompt:
+        params = {"kind": "text", "encoder": encoder, "output": "conditioning", "reduce": reduce, "seed": int(seed),
+                  "max_length": max_length}
     fp = _fingerprint([raw / "stimuli.tsv", cap_path], params, model_config)
     if _up_to_date(dest, fp, overwrite):
         return dest
@@ -323,16 +354,27 @@ def embed_captions(
         texts = [c for s in ids for c in by_id[s]]
         owner = np.repeat(np.arange(len(ids)), [len(by_id[s]) for s in ids])
 
-    enc = FrozenTextEncoder(encoder, pretrained=pretrained, device=device, model_config=model_config,
-                            normalize=normalize, max_length=max_length)
+    if prompt:
+        # A pipeline's conditioning depends on the caption alone (padded to max_length, no batch effects):
+        # encode each distinct caption once (templated worlds repeat captions many times).
+        pe = PromptEncoder(encoder, max_length=max_length if max_length is not None else 77, device=device)
+        unique, inverse = np.unique(np.asarray(texts, dtype=object).astype(str), return_inverse=True)
+        states = np.concatenate([pe(list(unique[a:a + int(batch_size)])).numpy()
+                                 for a in range(0, len(unique), int(batch_size))])
+        texts = list(range(len(texts)))  # rows; enc looks up each row's caption states
+        enc: Any = lambda rows: states[inverse[np.asarray(rows)]]  # noqa: E731
+    else:
+        enc = FrozenTextEncoder(encoder, pretrained=pretrained, device=device, model_config=model_config,
+                                normalize=normalize, max_length=max_length)
     bs = int(batch_size)
     sums = None
     for a in range(0, len(texts), bs):
         y = enc(texts[a:a + bs]).astype(np.float64)
         if sums is None:
-            sums = np.zeros((len(ids), y.shape[1]), dtype=np.float64)
+            sums = np.zeros((len(ids),) + y.shape[1:], dtype=np.float64)
         np.add.at(sums, owner[a:a + bs], y)
-    emb = (sums / np.bincount(owner, minlength=len(ids))[:, None]).astype(np.float32)
+    counts = np.bincount(owner, minlength=len(ids)).reshape((-1,) + (1,) * (sums.ndim - 1))
+    emb = (sums / counts).astype(np.float32)
     _check_finite(emb, encoder, ids)
     with _atomic_npz(dest) as work:
         np.save(work / "embeddings.npy", emb)

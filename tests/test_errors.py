@@ -214,6 +214,12 @@ CASES = {
                                             "--mustdrop", '{"merge_treshold": 0.9}', "--out_json", "null"],
                                            "unknown DroppingConfig field(s) ['merge_treshold']"),
     "vlm bench-vit: window 1": (["vlm", "bench-vit", "--quick", "true", "--window", "1"], "window=1"),
+    # brain -> image
+    "recon evaluate: strength outside (0, 1]": (["recon", "evaluate", "--checkpoint", "{tmp}/x.ckpt", "--data_dir",
+                                                 "{prepared}", "--raw_dir", "{tmp}", "--strength", "1.5"],
+                                                "strength=1.5: must be in (0, 1]"),
+    "recon prepare: before fmri prepare": (["recon", "prepare", "--prepared_dir", "/nonexistent/prepared", "--raw_dir",
+                                            "{tmp}"], "run `litbrain fmri prepare` first"),
     # distillation
     "distill fit: vocabularies differ": (_DISTILL + ["--model.init_args.teacher", "{distbad}/teacher50"],
                                          "the teacher's vocabulary has 50 tokens but the student's has"),

@@ -46,9 +46,10 @@ SHARED = {
     "estimate-memory": Verb("litbrain.release.memory:estimate_memory",
                             "per-GPU memory of ZeRO-2/3 for any model and cluster shape (DeepSpeed's estimators)"),
     "embed-images": Verb("litbrain.datamodules.targets:embed_images",
-                         "image-embedding targets from a frozen open_clip/timm encoder"),
+                         "image-embedding targets from a frozen open_clip/timm encoder, or a pipeline's VAE latents"),
     "embed-captions": Verb("litbrain.datamodules.targets:embed_captions",
-                           "caption-embedding targets from a frozen open_clip/hf text encoder"),
+                           "caption-embedding targets from a frozen open_clip/hf text encoder, or a pipeline's "
+                           "77 x D conditioning"),
 }
 
 FAMILIES: dict[str, dict[str, Verb]] = {
@@ -108,6 +109,14 @@ FAMILIES: dict[str, dict[str, Verb]] = {
         "bench-lm": Verb("litbrain.benchmarks.vlm_dropping:bench_lm_loop",
                          "litbrain's LM decode loop vs Hugging Face generate: first token, tokens/s (configs/bench/lm_loop.yaml)"),
     },
+    "recon": {
+        "prepare": Verb("litbrain.datamodules.recon.datamodule:prepare_recon",
+                        "align a pipeline's VAE latents + caption conditioning (embed-images/-captions) to a prepared set"),
+        "synthesize-images": Verb("litbrain.evaluation.reconstruction:reconstruct",
+                                  "fMRI -> blurry image (VAE) -> img2img from it on the predicted conditioning: PNGs + grid"),
+        "evaluate": Verb("litbrain.evaluation.reconstruction:evaluate_reconstruction",
+                         "the MindEye table: PixCorr, SSIM, 2-way id, probe attributes, retrieval vs ridge, oracle, chance"),
+    },
     "generation": {
         "synthesize": Verb("litbrain.datamodules.fmri.synthetic:synthesize_fmri",
                            "write the stimulus world (images, captions, true attributes): fmri synthesize's world"),
@@ -155,6 +164,8 @@ FAMILY_HELP = {
     "encoding": "encoding models image -> voxels (LLM-VEM): synthetic world, prepare, evaluate, in-silico responses",
     "wave": "whole-brain fMRI foundation encoder (WAVE): synthetic BIDS world, nilearn parcels, ablation maps",
     "vlm": "vision-language models with vision-token dropping (MustDrop, ToMe, FastV): bench, bench-vit",
+    "recon": "brain -> image (MindEye2's low-/high-level pathways) through a diffusers img2img pipeline: prepare, "
+             "synthesize-images (the reconstructions), evaluate (fit: configs/recon/demo.yaml)",
     "generation": "text-to-image latent diffusion through diffusers (VAE, UNet, MiniLM or SD v1.5) and the world probe: "
                   "synthesize, evaluate, bench",
     "distill": "distillation of a decoder-only LM into an encoder-decoder student (Return of the Encoder): "

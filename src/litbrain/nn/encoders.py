@@ -43,6 +43,7 @@ __all__ = [
     "IMAGE_BACKENDS",
     "PromptEncoder",
     "TEXT_BACKENDS",
+    "VaeEncoder",
     "VisionTowerSpec",
     "causal_lm",
     "diffusion_pipeline",
@@ -254,6 +255,75 @@ class FrozenImageEncoder:
                 else:
                     y = self.model(x)
         return y.float().cpu().numpy()
+
+
+# ----------------------------------------------------------------------------- VAE latents
+def _diffusers_folder(spec: str, what: str) -> str:
+    """The pipeline id or folder of ``diffusers:<id or folder>`` or a folder with ``model_index.json``."""
+    return parse_spec(spec, ("diffusers",), what)[1]
+
+
+class VaeEncoder:
+    """A diffusers pipeline's frozen VAE as an image encoder: images -> scaled latents, and back.
+
+    ``encoder(images)`` maps PIL images (resized to ``image_size``, default the VAE's
+    ``sample_size``) to float32 ``(B, C, h, w)``: ``vae.encode(2 x - 1).latent_dist.mode()`` times
+    the VAE's ``scaling_factor`` (MindEye2's blurry-branch target: SD's VAE, 4 x 28 x 28 at 224 px).
+    :meth:`decode` inverts it to images in [0, 1]. ``spec``: ``diffusers:<pipeline id or folder>``
+    or a pipeline folder (its ``vae/``).
+    """
+
+    def __init__(self, spec: str, image_size: int | None = None, device: str = "cpu"):
+        from diffusers import AutoencoderKL
+
+        self.spec, self.device = str(spec), str(device)
+        name = _diffusers_folder(self.spec, "VAE")
+        _check_device(self.device)
+        folder = Path(name)
+        if folder.is_dir() and not (folder / "vae").is_dir():
+            raise ConfigError(f"pipeline={self.spec!r}: the pipeline has no vae/ folder (no VAE); fix: save a "
+                              f"pipeline with a VAE (AutoencoderKL), e.g. a StableDiffusionPipeline")
+        try:
+            self.vae = AutoencoderKL.from_pretrained(name, subfolder="vae", local_files_only=folder.is_dir())
+        except Exception as exc:
+            raise ConfigError(f"pipeline={self.spec!r}: cannot load its VAE ({type(exc).__name__}: {str(exc)[:200]}); "
+                              f"fix: a diffusers pipeline folder with vae/, or a Hub id in the cache") from None
+        self.vae.to(self.device).eval().requires_grad_(False)
+        self.scaling_factor = float(getattr(self.vae.config, "scaling_factor", 0.18215))
+        self.image_size = int(image_size or self.vae.config.sample_size)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """``(C, h, w)`` of the latents of one ``image_size`` image."""
+        down = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return (int(self.vae.config.latent_channels), self.image_size // down, self.image_size // down)
+
+    def to_tensor(self, images: Sequence[Any]) -> torch.Tensor:
+        """PIL images -> (B, 3, S, S) float in [0, 1] at ``image_size`` (bicubic)."""
+        from PIL import Image
+
+        s = self.image_size
+        arrs = [np.asarray(im.convert("RGB").resize((s, s), Image.BICUBIC), dtype=np.float32) / 255.0 for im in images]
+        return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) images in [0, 1] -> scaled latents (B, C, h, w)."""
+        dist = self.vae.encode(2.0 * x.to(self.device) - 1.0).latent_dist
+        return (dist.mode() * self.scaling_factor).float().cpu()
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents (B, C, h, w) -> images (B, 3, S, S) in [0, 1]."""
+        c = int(self.vae.config.latent_channels)
+        if latents.dim() != 4 or latents.shape[1] != c:
+            raise ConfigError(f"latents of shape {tuple(latents.shape)} do not fit the VAE of {self.spec!r} "
+                              f"(expects (batch, {c}, h, w)); fix: predict latents with that VAE's embed-images targets")
+        img = self.vae.decode(latents.to(self.device) / self.scaling_factor).sample
+        return ((img.float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def __call__(self, images: Sequence[Any]) -> np.ndarray:
+        return self.encode(self.to_tensor(images)).numpy()
 
 
 # ----------------------------------------------------------------------------- text encoder

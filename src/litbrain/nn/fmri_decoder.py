@@ -128,8 +128,15 @@ class BrainDecoder(nn.Module):
         Returns ``image_embedding`` (B, *shape) for regression/retrieval, ``image_projection``
         (the projector's output, for the contrastive loss) and ``text_embedding`` when present.
         """
-        check_subject_batch(brain, 2, "(batch, n_voxels)", self.adapter.in_features, "BrainDecoder")
-        h = self.backbone(self.adapter.forward_groups(brain))
+        return self.heads(self.features(brain))
+
+    def features(self, brain: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The shared backbone's output ``(B, width)`` (adapters -> residual MLP), rows in dict order."""
+        check_subject_batch(brain, 2, "(batch, n_voxels)", self.adapter.in_features, type(self).__name__)
+        return self.backbone(self.adapter.forward_groups(brain))
+
+    def heads(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The retrieval heads on backbone features ``h`` (see :meth:`forward`)."""
         image = self.image_head(h)
         out = {"image_embedding": image}
         out["image_projection"] = self.projector(image) if self.projector is not None else image

@@ -44,6 +44,7 @@ MODEL_TYPES: dict[str, str] = {
     "gill": "litbrain.nn.gill:GillModel",
     "seq2seq_lm": "litbrain.nn.distill:Seq2SeqStudent",
     "wave": "litbrain.nn.wave:WaveEncoder",
+    "brain_to_image": "litbrain.nn.brain_to_image:BrainToImage",
     "world_probe": "litbrain.nn.generation:WorldProbe",
 }
 

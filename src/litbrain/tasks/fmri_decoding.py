@@ -18,6 +18,7 @@ from litbrain import losses
 from litbrain.errors import ConfigError, SubjectMismatchError
 from litbrain.metrics import RetrievalMetrics
 from litbrain.nn.fmri_decoder import BrainDecoder, BrainDecoderConfig
+from litbrain.nn.registry import build_model
 from litbrain.nn.subject_adapter import freeze_all_but_adapters
 from litbrain.tasks.base import LitbrainTask, merge_subjects
 
@@ -25,14 +26,16 @@ __all__ = ["FmriDecodingTask", "decoder_loss"]
 
 
 def decoder_loss(
-    model: BrainDecoder, batch: dict[str, Any], progress: float, h: Any
+    model: BrainDecoder, batch: dict[str, Any], progress: float, h: Any, keep: dict[str, Any] | None = None
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The training objective at ``progress`` (0..1 of the optimiser steps).
 
     BiMixCo (mixing within each subject's group) before ``h.mixco_fraction``, then SoftCLIP
     with its temperature cosine-annealed over the rest; plus the text term and optional MSE.
     ``h`` holds the task's hyper-parameters. Kept free of Lightning so a bare PyTorch loop
-    (the benchmark's reference) computes exactly the same thing.
+    (the benchmark's reference) computes exactly the same thing. ``keep``, when given, receives the
+    model's outputs (``out``) and, in the BiMixCo phase, the mixing (``perm``, ``lam``), for tasks that
+    add terms on the same forward pass.
     """
     in_mixco = progress < h.mixco_fraction
     target = batch["image_embedding"]
@@ -57,6 +60,10 @@ def decoder_loss(
         clip_loss = losses.soft_clip_loss(out["image_projection"], target, temp)
         text_w = h.text_weight
         logs["train/softclip_temperature"] = temp
+    if keep is not None:
+        keep["out"] = out
+        if in_mixco:
+            keep["perm"], keep["lam"] = perm, lam
     loss = clip_loss
     logs["train/clip_loss"] = clip_loss.detach()
     if "text_embedding" in out and "text_embedding" in batch and text_w > 0:
@@ -178,7 +185,7 @@ class FmriDecodingTask(LitbrainTask):
             return
         if self.net.missing():
             self.setup("fit")
-        self.model = BrainDecoder(self.net)
+        self.model = build_model(self.net, "model.init_args.net")  # BrainDecoder (or a subclass's model)
         if self._init_state is not None:
             self.load_per_subject_init("adapter")
         if self.hparams.freeze == "all_but_adapters":
@@ -201,8 +208,12 @@ class FmriDecodingTask(LitbrainTask):
         total = getattr(self, "_total_steps", None) or max(int(self.trainer.estimated_stepping_batches), 1)
         return self.global_step / total
 
+    def training_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The objective of one training batch and its logged terms (:func:`decoder_loss`)."""
+        return decoder_loss(self.model, batch, self._progress(), self.hparams)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss, logs = decoder_loss(self.model, batch, self._progress(), self.hparams)
+        loss, logs = self.training_loss(batch)
         n = batch["subject"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         # The loss terms only on logging steps: each self.log walks every stored metric, and
