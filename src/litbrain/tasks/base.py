@@ -27,7 +27,7 @@ from litbrain.nn.registry import ModelConfig
 from litbrain.release import ModelSource, read_model_source
 from litbrain.utils.optim import build_optimizer
 
-__all__ = ["LitbrainTask", "merge_subjects", "read_source"]
+__all__ = ["CarriesFiles", "LitbrainTask", "SplitEvaluation", "merge_subjects", "read_source"]
 
 
 def read_source(path: str, key: str) -> ModelSource:
@@ -50,6 +50,47 @@ def merge_subjects(known: dict[str, int], data: dict[str, int], source: str, uni
     merged = {str(k): int(v) for k, v in known.items()}
     merged.update({str(k): int(v) for k, v in data.items()})
     return merged
+
+
+class SplitEvaluation:
+    """Validation and test hooks of a task that scores a batch with ``_eval_step(batch, split)`` and
+    logs what it accumulated with ``_log_eval(split)`` at the end of the epoch (``split``: ``val``/``test``)."""
+
+    def _eval_step(self, batch: Any, prefix: str) -> None:
+        raise NotImplementedError
+
+    def _log_eval(self, prefix: str) -> None:
+        raise NotImplementedError
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test")
+
+
+class CarriesFiles:
+    """A task whose model needs files beside its weights (a tokenizer saved with ``save_pretrained``):
+    ``_tokenizer_files`` (name -> text) travel in every checkpoint and into every release."""
+
+    _tokenizer_files: dict[str, str]
+
+    def release_files(self) -> dict[str, str]:
+        return dict(self._tokenizer_files)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
+        checkpoint["litbrain"]["files"] = dict(self._tokenizer_files)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._tokenizer_files = dict(checkpoint.get("litbrain", {}).get("files", {}))
+        self.configure_model()  # type: ignore[attr-defined]
 
 
 class LitbrainTask(L.LightningModule):

@@ -31,7 +31,7 @@ from litbrain.errors import ConfigError
 from litbrain.losses.distill import IGNORE_INDEX, align_teacher_logits, check_kd_weights, distillation_loss
 from litbrain.nn.distill import (CausalLm, CausalLmConfig, Seq2SeqStudent, Seq2SeqStudentConfig,
                                  adapt_from_decoder_only, check_causal_teacher, check_same_vocabulary)
-from litbrain.tasks.base import LitbrainTask, read_source
+from litbrain.tasks.base import CarriesFiles, LitbrainTask, SplitEvaluation, read_source
 from litbrain.tasks.vlm import tokenizer_files
 
 __all__ = ["CausalLmTask", "DecoderOnlyDistillationTask", "DistillationTask", "answer_mask", "greedy_or_sample",
@@ -132,7 +132,7 @@ def load_teacher(spec: str, key: str = "model.init_args.teacher") -> CausalLm:
 
 
 # ----------------------------------------------------------------------------- shared
-class _LmTaskBase(LitbrainTask):
+class _LmTaskBase(CarriesFiles, SplitEvaluation, LitbrainTask):
     """Model building from the datamodule's tokenizer, init_from, greedy evaluation."""
 
     def _init_common(self) -> None:
@@ -175,17 +175,6 @@ class _LmTaskBase(LitbrainTask):
             self._tokenizer_files = self._tokenizer_files or dict(src.files)
         self.net = self.model.config
 
-    def release_files(self) -> dict[str, str]:
-        return dict(self._tokenizer_files)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["litbrain"]["files"] = dict(self._tokenizer_files)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._tokenizer_files = dict(checkpoint.get("litbrain", {}).get("files", {}))
-        self.configure_model()
-
     def optimized_module(self) -> nn.Module:
         return self.model
 
@@ -215,17 +204,6 @@ class _LmTaskBase(LitbrainTask):
                 self.log(f"{prefix}/{name}", m.compute(), prog_bar=name == "em")
             m.reset()
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_eval("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_eval("test")
 
 
 def _lm_with_tokenizer(lm: dict[str, Any], tok: Any) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from torchmetrics import MeanMetric
 from litbrain.errors import ConfigError
 from litbrain.losses.mapping import per_token_l2_loss
 from litbrain.nn.gill import GillConfig, GillModel
-from litbrain.tasks.base import LitbrainTask
+from litbrain.tasks.base import CarriesFiles, LitbrainTask, SplitEvaluation
 from litbrain.tasks.vlm import tokenizer_files
 
 __all__ = ["GillTask", "gill_losses", "info_nce", "refit_decision_head"]
@@ -89,7 +89,7 @@ def refit_decision_head(model: GillModel, batches: Any, steps: int = 100, l2: fl
         return float(F.cross_entropy(linear(x), y))
 
 
-class GillTask(LitbrainTask):
+class GillTask(CarriesFiles, SplitEvaluation, LitbrainTask):
     """GILL on a frozen causal LM (see the module docstring).
 
     Args:
@@ -144,17 +144,6 @@ class GillTask(LitbrainTask):
         if dm is not None and getattr(dm, "img_ids", None) is not None and dm.img_ids != self.model.img_token_ids:
             raise ConfigError(f"data.init_args.tokenizer: its [IMG] ids start at {dm.img_ids[0]} but the LM "
                               f"{self.net.lm} has {self.model.base_vocab} tokens; fix: the tokenizer saved beside that LM")
-
-    def release_files(self) -> dict[str, str]:
-        return dict(self._tokenizer_files)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["litbrain"]["files"] = dict(self._tokenizer_files)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._tokenizer_files = dict(checkpoint.get("litbrain", {}).get("files", {}))
-        self.configure_model()
 
     def checkpoint_monitor(self) -> tuple[str, str] | None:
         return ("val/distance", "min")
@@ -227,14 +216,3 @@ class GillTask(LitbrainTask):
             print(f"[litbrain] decision head fitted on frozen [IMG0] states (L-BFGS, {h.decision_refit_steps} "
                   f"iterations): loss {loss:.3f}", flush=True)
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_eval("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_eval("test")
