@@ -73,9 +73,9 @@ def test_prompt_embeds_meet_the_unets_cross_attention_width_and_generate():
     with torch.no_grad():
         emb = model(x)["prompt_embeds"]
     assert emb.shape == (2, 6, pipe.unet.config.cross_attention_dim)
-    from litbrain.nn.gill import sample_images
+    from litbrain.nn.generation import generate_from_embeddings
 
-    imgs = sample_images(pipe, emb, torch.zeros_like(emb[:1]), seed=0, steps=2, guidance_scale=3.0)
+    imgs = generate_from_embeddings(pipe, emb, torch.zeros_like(emb[:1]), seed=0, steps=2, guidance_scale=3.0)
     assert imgs.shape == (2, 3, 16, 16) and float(imgs.min()) >= 0 and float(imgs.max()) <= 1
 
 

@@ -19,7 +19,8 @@ import torch
 
 from litbrain.benchmarks.common import threads
 from litbrain.errors import ConfigError
-from litbrain.nn.gill import GillConfig, GillModel, load_pipeline, sample_images
+from litbrain.nn.generation import generate_from_embeddings, load_pipeline
+from litbrain.nn.gill import GillConfig, GillModel
 from litbrain.tasks.gill import gill_losses
 from litbrain.utils.io import atomic_write_text
 
@@ -94,16 +95,16 @@ def bench_gill(net: dict[str, Any] | None = None, batch_size: int = 32, prompt_l
         print(f"GILL training on {res['device']}: {res['train_steps_per_s']:.2f} steps/s "
               f"({res['train_samples_per_s']:.1f} samples/s, batch {batch_size})")
         if pipeline:
-            pipe = load_pipeline(pipeline).to(device)
+            pipe = load_pipeline(pipeline, device=device)
             pipe.set_progress_bar_config(disable=True)
             width = int(pipe.unet.config.cross_attention_dim)
             emb = torch.randn(1, config.mapper.n_output_tokens, width, generator=g).to(device)
             neg = torch.zeros_like(emb)
-            sample_images(pipe, emb, neg, 0, image_steps, guidance_scale, 1)  # untimed (load, allocator)
+            generate_from_embeddings(pipe, emb, neg, seed=0, steps=image_steps, guidance_scale=guidance_scale, batch_size=1)  # untimed (load, allocator)
             times = []
             for i in range(n_images):
                 t = time.perf_counter()
-                sample_images(pipe, emb, neg, i, image_steps, guidance_scale, 1)
+                generate_from_embeddings(pipe, emb, neg, seed=i, steps=image_steps, guidance_scale=guidance_scale, batch_size=1)
                 if device.startswith("cuda"):
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - t)

@@ -20,7 +20,34 @@ from litbrain.metrics import similarity_matrix, top1_retrieval, two_way_identifi
 from litbrain.release import load_model
 from litbrain.utils.io import atomic_file, atomic_write_text
 
-__all__ = ["evaluate_decoder", "format_table"]
+__all__ = ["choose_subjects", "evaluate_decoder", "format_table", "read_prepared_manifest", "read_stimulus_ids"]
+
+
+def read_prepared_manifest(data: Path) -> dict[str, Any]:
+    """``manifest.json`` of a prepared dataset (one line naming the file and ``prepare`` when missing)."""
+    manifest_file = data / "manifest.json"
+    if not manifest_file.is_file():
+        raise DataError(f"{manifest_file}: missing; fix: run `litbrain prepare` first")
+    return json.loads(manifest_file.read_text())
+
+
+def choose_subjects(manifest: dict[str, Any], data: Path, known: dict[str, int], subjects: Optional[list[str]],
+                    checkpoint: str, fix: str = "fine-tune one or drop it") -> list[str]:
+    """The subjects to score: those asked for, else every subject of the data the model has an adapter for."""
+    chosen = list(subjects) if subjects else [s for s in manifest["subjects"] if s in known]
+    for s in chosen:
+        if s not in manifest["subjects"]:
+            raise DataError(f"{data}: no subject {s!r} (available: {list(manifest['subjects'])}); fix: evaluate.subjects")
+        if s not in known:
+            raise DataError(f"{checkpoint}: the model has no adapter for {s!r}; fix: {fix}")
+    if not chosen:
+        raise DataError(f"{checkpoint}: none of the model's subjects {list(known)} is in {data}")
+    return chosen
+
+
+def read_stimulus_ids(data: Path) -> list[str]:
+    """Stimulus ids of a prepared dataset, in the row order of its embedding arrays."""
+    return [line.split("\t")[0] for line in (data / "stimuli.tsv").read_text().splitlines()[1:]]
 
 
 def _load_split(data_dir: Path, subject: str, split: str) -> tuple[torch.Tensor, np.ndarray]:
@@ -154,22 +181,11 @@ def evaluate_decoder(
         seed: seed of the retrieval draws.
     """
     data = Path(data_dir)
-    manifest_file = data / "manifest.json"
-    if not manifest_file.is_file():
-        raise DataError(f"{manifest_file}: missing; fix: run `litbrain prepare` first")
-    manifest = json.loads(manifest_file.read_text())
+    manifest = read_prepared_manifest(data)
     model = load_model(checkpoint, "fmri_decoder", "pass the checkpoint or release of an FmriDecodingTask run")
-    known = model.subjects
-    chosen = subjects or [s for s in manifest["subjects"] if s in known]
-    for s in chosen:
-        if s not in manifest["subjects"]:
-            raise DataError(f"{data}: no subject {s!r} (available: {list(manifest['subjects'])}); fix: evaluate.subjects")
-        if s not in known:
-            raise DataError(f"{checkpoint}: the model has no adapter for {s!r}; fix: fine-tune one or drop it")
-    if not chosen:
-        raise DataError(f"{checkpoint}: none of the model's subjects {list(known)} is in {data}")
+    chosen = choose_subjects(manifest, data, model.subjects, subjects, checkpoint)
     targets = torch.from_numpy(np.load(data / "image_embedding.npy"))
-    stimulus_ids = [line.split("\t")[0] for line in (data / "stimuli.tsv").read_text().splitlines()[1:]]
+    stimulus_ids = read_stimulus_ids(data)
 
     oracle_fn = None
     if raw_dir and (Path(raw_dir) / "truth.npz").is_file():

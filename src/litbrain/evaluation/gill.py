@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from litbrain.errors import ConfigError
-from litbrain.nn.gill import GillModel, check_cross_attention_width, load_pipeline, sample_images
+from litbrain.nn.generation import generate_from_embeddings, load_pipeline
+from litbrain.nn.gill import GillModel, check_cross_attention_width
 from litbrain.utils.io import atomic_write_text
 
 __all__ = ["GillInference", "calibrate_img_logit_scale", "check_img_tokens", "evaluate_gill", "load_gill"]
@@ -154,10 +155,6 @@ def _generate(pipe: Any, embeds: torch.Tensor, negative: torch.Tensor | None, se
               guidance: float) -> torch.Tensor:
     if negative is None:
         negative = torch.zeros_like(embeds[:1])
-    try:
-        from litbrain.nn.generation import generate_from_embeddings  # the generation family's sampler
-    except ImportError:
-        return sample_images(pipe, embeds, negative, seed, steps, guidance)
     return generate_from_embeddings(pipe, embeds, negative, seed=seed, steps=steps, guidance_scale=guidance,
                                     progress=True)
 

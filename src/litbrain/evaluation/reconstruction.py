@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from litbrain.errors import ConfigError, DataError
 from litbrain.evaluation.baselines import fit_ridge
+from litbrain.evaluation.fmri import _load_split, choose_subjects, read_prepared_manifest, read_stimulus_ids
 from litbrain.metrics import top1_retrieval, two_way_identification
 from litbrain.release import load_model
 from litbrain.utils.io import atomic_file, atomic_write_text
@@ -253,12 +254,6 @@ def _image_scores(recons: torch.Tensor, seen: torch.Tensor, probe_seen: dict[str
 
 
 # ----------------------------------------------------------------------------- files
-def _load_split(data: Path, subject: str, split: str) -> tuple[torch.Tensor, np.ndarray]:
-    from litbrain.evaluation.fmri import _load_split as load
-
-    return load(data, subject, split)
-
-
 def _seen_images(raw: Path, ids: Sequence[str], size: int) -> torch.Tensor:
     import pandas as pd
     from PIL import Image
@@ -383,7 +378,7 @@ def reconstruct(
     model, pipe, spec = _open(checkpoint, pipeline, strength, device)
     data, raw = Path(data_dir), Path(raw_dir)
     chosen = _subjects(data, model, subjects, checkpoint)
-    stimulus_ids = _stimulus_ids(data)
+    stimulus_ids = read_stimulus_ids(data)
     out = Path(out_dir)
     grids = {}
     for s in chosen:
@@ -400,25 +395,9 @@ def reconstruct(
     return grids
 
 
-def _stimulus_ids(data: Path) -> list[str]:
-    return [line.split("\t")[0] for line in (data / "stimuli.tsv").read_text().splitlines()[1:]]
-
-
 def _subjects(data: Path, model: Any, subjects: Optional[list[str]], checkpoint: str) -> list[str]:
-    manifest = json.loads((data / "manifest.json").read_text()) if (data / "manifest.json").is_file() else None
-    if manifest is None:
-        raise DataError(f"{data / 'manifest.json'}: missing; fix: run `litbrain fmri prepare` first")
-    known = model.subjects
-    chosen = list(subjects) if subjects else [s for s in manifest["subjects"] if s in known]
-    for s in chosen:
-        if s not in manifest["subjects"]:
-            raise DataError(f"{data}: no subject {s!r} (available: {list(manifest['subjects'])}); fix: subjects")
-        if s not in known:
-            raise DataError(f"{checkpoint}: the model has no adapter for {s!r}; fix: fine-tune one "
-                            f"(configs/recon/new_subject_demo.yaml) or drop it")
-    if not chosen:
-        raise DataError(f"{checkpoint}: none of the model's subjects {list(known)} is in {data}")
-    return chosen
+    return choose_subjects(read_prepared_manifest(data), data, model.subjects, subjects, checkpoint,
+                           "fine-tune one (configs/recon/new_subject_demo.yaml) or drop it")
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -481,7 +460,7 @@ def evaluate_reconstruction(
     data, raw = Path(data_dir), Path(raw_dir)
     read_recon_manifest(data)
     chosen = _subjects(data, model, subjects, checkpoint)
-    stimulus_ids = _stimulus_ids(data)
+    stimulus_ids = read_stimulus_ids(data)
     latents_all = torch.from_numpy(np.load(data / "recon" / "latents.npy"))
     cond_all = torch.from_numpy(np.load(data / "recon" / "conditioning.npy", mmap_mode="r").astype(np.float32))
     check_conditioning(pipe, cond_all.shape[-1], f"{data / 'recon' / 'conditioning.npy'}")

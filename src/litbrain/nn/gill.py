@@ -37,8 +37,8 @@ from litbrain.errors import ConfigError
 from litbrain.nn.mapping import GillMapper, GillMapperConfig
 from litbrain.nn.registry import ModelCard, ModelConfig
 
-__all__ = ["GillConfig", "GillModel", "IMG_TOKEN", "check_cross_attention_width", "img_token_names", "load_pipeline",
-           "read_lm_config", "sample_images", "tiny_llama"]
+__all__ = ["GillConfig", "GillModel", "IMG_TOKEN", "check_cross_attention_width", "img_token_names",
+           "read_lm_config", "tiny_llama"]
 
 IMG_TOKEN = "[IMG{}]"
 IGNORE_INDEX = -100
@@ -378,37 +378,6 @@ def _rebuild_lm_state(module: GillModel, state: dict[str, Tensor], prefix: str, 
         for n, p in module.lm.named_parameters(remove_duplicate=False):
             if p is w:
                 state[prefix + "lm." + n] = full
-
-
-# ----------------------------------------------------------------------------- the pipeline
-def sample_images(pipe: Any, prompt_embeds: torch.Tensor, negative: torch.Tensor, seed: int = 0, steps: int = 25,
-                  guidance_scale: float = 3.0, batch_size: int = 8) -> torch.Tensor:
-    """(B, 3, H, W) in [0, 1] from a StableDiffusionPipeline called with prompt_embeds (image i seeded seed + i)."""
-    from tqdm.auto import tqdm
-
-    out = []
-    for a in tqdm(range(0, len(prompt_embeds), batch_size), desc=f"pipeline ({steps} steps)", leave=False):
-        e = prompt_embeds[a:a + batch_size]
-        gens = [torch.Generator().manual_seed(seed + a + i) for i in range(len(e))]
-        res = pipe(prompt_embeds=e.to(pipe.device, pipe.unet.dtype),
-                   negative_prompt_embeds=negative.expand(len(e), -1, -1).to(pipe.device, pipe.unet.dtype),
-                   guidance_scale=guidance_scale, num_inference_steps=steps, generator=gens, output_type="pt",
-                   return_dict=True)
-        out.append(res.images.float().cpu())
-    return torch.cat(out)
-
-
-def load_pipeline(spec: str) -> Any:
-    """A text-to-image pipeline folder or Hub id (the generation family's loader when present)."""
-    try:
-        from litbrain.nn.generation import load_pipeline as family_loader
-    except ImportError:  # the generation family not installed: diffusers directly
-        from litbrain.nn.encoders import diffusion_pipeline
-
-        s = str(spec)
-        return diffusion_pipeline(s if s.startswith("diffusers:") else f"diffusers:{s}", safety_checker=None,
-                                  feature_extractor=None, requires_safety_checker=False)
-    return family_loader(spec)
 
 
 def read_lm_config(spec: str | dict[str, Any]) -> dict[str, Any]:
