@@ -91,8 +91,9 @@ generation-demo: $(STAMP)
 	$(BIN)/litbrain fit --config configs/generation/vae_decoder.yaml
 	$(BIN)/litbrain fit --config configs/generation/probe.yaml
 	$(BIN)/litbrain fit --config configs/generation/unet.yaml
+	$(BIN)/litbrain fit --config configs/generation/unet_finetune.yaml
 	$(BIN)/litbrain generation evaluate --config configs/generation/evaluate_demo.yaml
-	@echo "pipeline folder: runs/generation_demo/pipeline (diffusers StableDiffusionPipeline); figure: runs/generation_demo/results/grid.png"
+	@echo "pipeline folder: runs/generation_demo/pipeline_finetuned (diffusers StableDiffusionPipeline); figure: runs/generation_demo/results/grid.png"
 
 bench-generation: $(STAMP)
 	$(BIN)/litbrain generation bench --config configs/bench/generation.yaml
