@@ -46,6 +46,7 @@ __all__ = [
     "VaeEncoder",
     "VisionTowerSpec",
     "causal_lm",
+    "load_vae",
     "diffusion_pipeline",
     "parse_spec",
     "quiet_loading",
@@ -258,6 +259,23 @@ class FrozenImageEncoder:
 
 
 # ----------------------------------------------------------------------------- VAE latents
+def load_vae(spec: str, key: str = "vae") -> nn.Module:
+    """An ``AutoencoderKL``: a folder saved with ``save_pretrained`` (a VaeTask's ``save_dir``), or a
+    pipeline's ``vae/`` (``diffusers:<id or folder>``, or a pipeline folder). ``key`` names the config field."""
+    from diffusers import AutoencoderKL
+
+    text = str(spec)
+    name = text[len("diffusers:"):] if text.startswith("diffusers:") else text
+    sub = "vae" if text.startswith("diffusers:") or (Path(name) / "vae").is_dir() else None
+    try:
+        with quiet_loading():
+            return AutoencoderKL.from_pretrained(name, subfolder=sub, local_files_only=Path(name).is_dir())
+    except Exception as exc:
+        raise ConfigError(f"{key}={text}: cannot load an AutoencoderKL ({type(exc).__name__}: {str(exc)[:160]}); "
+                          f"fix: the save_dir of a VaeTask run (configs/generation/vae.yaml) or a diffusers "
+                          f"pipeline with vae/ (or a Hub id in the cache)") from None
+
+
 def _diffusers_folder(spec: str, what: str) -> str:
     """The pipeline id or folder of ``diffusers:<id or folder>`` or a folder with ``model_index.json``."""
     return parse_spec(spec, ("diffusers",), what)[1]
@@ -274,8 +292,6 @@ class VaeEncoder:
     """
 
     def __init__(self, spec: str, image_size: int | None = None, device: str = "cpu"):
-        from diffusers import AutoencoderKL
-
         self.spec, self.device = str(spec), str(device)
         name = _diffusers_folder(self.spec, "VAE")
         _check_device(self.device)
@@ -283,11 +299,7 @@ class VaeEncoder:
         if folder.is_dir() and not (folder / "vae").is_dir():
             raise ConfigError(f"pipeline={self.spec!r}: the pipeline has no vae/ folder (no VAE); fix: save a "
                               f"pipeline with a VAE (AutoencoderKL), e.g. a StableDiffusionPipeline")
-        try:
-            self.vae = AutoencoderKL.from_pretrained(name, subfolder="vae", local_files_only=folder.is_dir())
-        except Exception as exc:
-            raise ConfigError(f"pipeline={self.spec!r}: cannot load its VAE ({type(exc).__name__}: {str(exc)[:200]}); "
-                              f"fix: a diffusers pipeline folder with vae/, or a Hub id in the cache") from None
+        self.vae = load_vae(f"diffusers:{name}", "pipeline")
         self.vae.to(self.device).eval().requires_grad_(False)
         self.scaling_factor = float(getattr(self.vae.config, "scaling_factor", 0.18215))
         self.image_size = int(image_size or self.vae.config.sample_size)

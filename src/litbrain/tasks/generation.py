@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from litbrain.errors import ConfigError
-from litbrain.nn.encoders import PromptEncoder
+from litbrain.nn.encoders import PromptEncoder, load_vae
 from litbrain.nn.generation import (
     GENERATION_TEXT_ENCODER,
     UnetConfig,
@@ -57,22 +57,6 @@ def _check_size(size: int, factor: int, key: str) -> None:
 
 
 # ----------------------------------------------------------------------------- VAE
-def load_vae(spec: str, key: str) -> nn.Module:
-    """An ``AutoencoderKL`` from a folder (a VaeTask's ``save_dir``) or ``diffusers:<pipeline>`` (its ``vae/``)."""
-    from diffusers import AutoencoderKL
-
-    text = str(spec)
-    name = text[len("diffusers:"):] if text.startswith("diffusers:") else text
-    sub = "vae" if text.startswith("diffusers:") or (Path(name) / "vae").is_dir() else None
-    try:
-        with quiet_loading():
-            return AutoencoderKL.from_pretrained(name, subfolder=sub, local_files_only=Path(name).is_dir())
-    except Exception as exc:
-        raise ConfigError(f"{key}={text}: cannot load an AutoencoderKL ({type(exc).__name__}: {str(exc)[:160]}); "
-                          f"fix: the save_dir of a VaeTask run (configs/generation/vae.yaml) or a diffusers "
-                          f"pipeline") from None
-
-
 class VaeTask(LitbrainTask):
     """A diffusers ``AutoencoderKL`` trained on the world's images.
 
