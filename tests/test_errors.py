@@ -181,6 +181,9 @@ CASES = {
     "seeg fit: deconv strides vs patch": (["fit", "--config", str(REPO / "configs/seeg/authors/vqvae.yaml"),
                                            "--data.init_args.data_dir", "{seeg}", "--model.init_args.net.encoder.patch_len",
                                            "25", "--trainer.default_root_dir", "{tmp}/run"], "not patch_len 25"),
+    "seeg fit: negative vq_init_after": (["fit", "--config", str(REPO / "configs/seeg/authors/vqvae.yaml"),
+                                          "--data.init_args.data_dir", "{seeg}", "--model.init_args.net.vq_init_after", "-3",
+                                          "--trainer.default_root_dir", "{tmp}/run"], "net.vq_init_after=-3; fix:"),
     # encoding models
     "encoding prepare: features for fewer stimuli": (["encoding", "prepare", "--raw_dir", "{encraw}", "--out_dir",
                                                       "{tmp}/prepared", "--image_embeddings", "{encbad}/short.npz"],

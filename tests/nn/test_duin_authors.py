@@ -185,3 +185,43 @@ def test_cosine_kmeans_starts_from_samples_and_returns_unit_codes():
 def test_sincos_needs_an_even_width():
     with pytest.raises(ValueError, match="even d_model"):
         sincos_positions(4, 7)
+
+
+def test_authors_vq_with_init_after_seeds_the_codes_on_later_outputs_so_they_stay_alive():
+    """With the authors' rule a code that gets no vectors never moves: codes seeded on the first
+    batch die when the encoder's outputs move on and draw together (here: 8 spread clusters A for 3
+    steps, then 8 clusters B around one direction). ``init_after=3`` bypasses the quantiser for those
+    steps and seeds the codes on B, so they stay in use."""
+    g = torch.Generator().manual_seed(0)
+    a = F.normalize(torch.randn(8, 8, generator=g), dim=-1)  # spread outputs of the random encoder
+    b = F.normalize(torch.randn(8, generator=g) + 0.15 * torch.randn(8, 8, generator=g), dim=-1)  # pulled together later
+    batch = lambda c: c.repeat_interleave(16, 0) + 0.02 * torch.randn(128, 8, generator=g)  # noqa: E731
+    used = {}
+    for init_after in (0, 3):
+        torch.manual_seed(1)
+        vq = VectorQuantizer(8, 8, decay=0.99, commitment=1.0, rule="authors", init_after=init_after).train()
+        start = vq.codebook.clone()
+        for step in range(3):
+            z = batch(a)
+            q, _, loss = vq(z)
+            if init_after:  # bypassed: unit vectors straight on, no loss, no codebook change, no init yet
+                assert torch.allclose(q, F.normalize(z, dim=-1)) and float(loss) == 0.0
+                assert torch.equal(vq.codebook, start) and not bool(vq.initialised)
+        for _ in range(5):
+            vq(batch(b))
+        vq.reset_usage()
+        vq.eval()(batch(b))
+        used[init_after] = vq.usage()
+    print(f"codes used on B: init on the first batch {used[0]:.3f}, init_after=3 {used[3]:.3f}")
+    assert used[3] >= 0.75
+    assert used[0] < 0.5  # the authors' init on the first batch: most codes stay where set A was
+
+
+def test_vq_init_after_is_a_config_key_and_old_state_dicts_still_load():
+    cfg = DuinConfig.examples()[0].replace(vq="authors", vq_init_after=5)
+    model = DuinModel(cfg)
+    assert model.vq.init_after == 5
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("steps_before_init")}
+    DuinModel(cfg).load_state_dict(state)  # a checkpoint from before the key: loads, counted as done
+    with pytest.raises(ValueError, match="init_after"):
+        VectorQuantizer(4, 2, init_after=-1)

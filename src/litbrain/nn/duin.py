@@ -299,6 +299,8 @@ class DuinConfig(ModelConfig):
         vq: ``"authors"`` (tanh-MLP into the code space, normalised-mean EMA, zero-count codes kept,
             cosine k-means from random samples, LayerNorm + linear out) or ``"litbrain"`` (linear
             projections, Laplace-smoothed EMA, dead-code restarts, k-means++).
+        vq_init_after: training steps the stage-1 quantiser is bypassed before its k-means init
+            [0 = the authors': init on the first batch]; see :class:`~litbrain.nn.VectorQuantizer`.
         decoder_blocks: Transformer blocks of the stage-1 decoder [4].
         decoder_head: ``"deconv"`` (the authors' transposed-conv head, ``deconv_filters/kernels/strides``
             [128,128,128,128,16 / 3,3,10,9,19 / 1,1,10,1,10]; the strides must multiply to ``patch_len``)
@@ -323,6 +325,7 @@ class DuinConfig(ModelConfig):
     vq_decay: float = 0.99
     commitment: float = 0.25
     vq: Block = "litbrain"
+    vq_init_after: int = 0
     decoder_blocks: int = 4
     decoder_head: Literal["deconv", "linear"] = "linear"
     deconv_filters: list[int] = field(default_factory=lambda: [128, 128, 128, 128, 16])
@@ -344,6 +347,9 @@ class DuinConfig(ModelConfig):
                 raise ConfigError(f"net.{key}={value!r}; fix: one of {list(allowed)}")
         self.deconv_filters, self.deconv_kernels, self.deconv_strides = (
             [int(v) for v in x] for x in (self.deconv_filters, self.deconv_kernels, self.deconv_strides))
+        if int(self.vq_init_after) < 0:
+            raise ConfigError(f"net.vq_init_after={self.vq_init_after}; fix: 0 (k-means on the first batch, the authors') "
+                              f"or a number of training steps")
         if isinstance(self.encoder, dict):
             self.encoder = DuinEncoderConfig(**self.encoder)
         if self.subjects is not None:
@@ -503,13 +509,13 @@ class DuinModel(nn.Module):
                                                          nn.Linear(e.d_model, config.code_dim)))
                 self.from_code = _trunc_init(nn.Sequential(nn.LayerNorm(config.code_dim), nn.Linear(config.code_dim, e.d_model)))
                 self.vq = VectorQuantizer(config.n_codes, config.code_dim, decay=config.vq_decay,
-                                          commitment=config.commitment, rule=config.vq)
+                                          commitment=config.commitment, rule=config.vq, init_after=config.vq_init_after)
             else:
                 # litbrain's order (to_code, vq, from_code): the same seed builds the same weights as before
                 # the authors' preset existed, so earlier runs and figures reproduce.
                 self.to_code = nn.Linear(e.d_model, config.code_dim)
                 self.vq = VectorQuantizer(config.n_codes, config.code_dim, decay=config.vq_decay,
-                                          commitment=config.commitment, rule=config.vq)
+                                          commitment=config.commitment, rule=config.vq, init_after=config.vq_init_after)
                 self.from_code = nn.Linear(config.code_dim, e.d_model)
             if e.positions == "learned":
                 self.dec_pos = nn.Parameter(torch.zeros(1, p, e.d_model))

@@ -13,6 +13,13 @@ codes on the unit sphere; each step every code that got vectors moves to
 unchanged (no restarts, no Laplace smoothing); the codebook starts from k-means with cosine
 similarity seeded with random samples of the first batch (with replacement when the batch has
 fewer vectors than codes).
+
+``init_after`` (litbrain's, default 0 = the authors' k-means on the very first batch): for that many
+training steps the quantiser is bypassed (the unit vectors pass straight on, no commitment loss, no
+code updates), then k-means runs on the encoder outputs of that moment. With the authors' rule a code
+that gets no vectors never moves again, and in the first steps of training the encoder's outputs
+move fast (the commitment term pulls the tokens together before the reconstruction has taught the
+encoder anything): codes seeded on the random encoder's outputs are left behind and die.
 """
 
 from __future__ import annotations
@@ -94,6 +101,8 @@ class VectorQuantizer(nn.Module):
         eps: Laplace smoothing of the EMA cluster sizes.
         rule: ``"litbrain"`` (the above) or ``"authors"`` (Du-IN's normalised-mean EMA, zero-count
             codes unchanged, cosine k-means from random samples; implies ``normalize`` and no restarts).
+        init_after: training steps before the k-means init, during which the quantiser is bypassed
+            (0: init on the first training batch, as the authors do).
     """
 
     def __init__(
@@ -108,6 +117,7 @@ class VectorQuantizer(nn.Module):
         normalize: bool = True,
         eps: float = 1e-5,
         rule: str = "litbrain",
+        init_after: int = 0,
     ) -> None:
         super().__init__()
         if rule not in ("litbrain", "authors"):
@@ -119,6 +129,11 @@ class VectorQuantizer(nn.Module):
             raise ConfigError(f"VectorQuantizer n_codes={n_codes}, dim={dim}; fix: n_codes >= 2 and dim >= 1")
         if not 0.0 < decay < 1.0:
             raise ConfigError(f"VectorQuantizer decay={decay}; fix: a value in (0, 1), e.g. 0.99")
+        if init_after < 0:
+            raise ConfigError(f"VectorQuantizer init_after={init_after}; fix: 0 (k-means on the first batch) or more steps")
+        if init_after and not kmeans_init:
+            raise ConfigError("VectorQuantizer init_after needs kmeans_init=True (it delays the k-means init); fix: set both")
+        self.init_after = int(init_after)
         self.n_codes, self.dim, self.decay, self.commitment = n_codes, dim, decay, commitment
         self.kmeans_iters, self.dead_after, self.normalize, self.eps = kmeans_iters, dead_after, normalize, eps
         init = torch.randn(n_codes, dim)
@@ -127,6 +142,8 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("ema_sum", self.codebook.clone())
         self.register_buffer("initialised", torch.tensor(not kmeans_init))
         self.register_buffer("idle_steps", torch.zeros(n_codes, dtype=torch.long))
+        # Training steps seen before the k-means init (counts up to ``init_after``).
+        self.register_buffer("steps_before_init", torch.zeros((), dtype=torch.long))
         # Codes hit since the last reset_usage(): the "codebook usage" metric.
         self.register_buffer("usage_counts", torch.zeros(n_codes, dtype=torch.long), persistent=False)
 
@@ -178,6 +195,11 @@ class VectorQuantizer(nn.Module):
                 self.ema_size[dead] = 1.0
                 self.idle_steps[dead] = 0
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+        # Checkpoints from before ``init_after`` existed carry no step counter: their codebook is initialised.
+        state_dict.setdefault(prefix + "steps_before_init", torch.tensor(self.init_after, dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(x, dim=-1) if self.normalize else x
 
@@ -195,6 +217,9 @@ class VectorQuantizer(nn.Module):
         z = self._norm(z)
         flat = z.reshape(-1, self.dim)
         if self.training and not bool(self.initialised):
+            if int(self.steps_before_init) < self.init_after:
+                self.steps_before_init += 1
+                return z, self.indices(z), z.sum() * 0.0  # bypassed: no quantisation yet
             self._init_codebook(flat.detach())
         idx = self.indices(z)
         q = F.embedding(idx, self.codebook).to(z.dtype)
