@@ -164,7 +164,7 @@ clean-demo:
 # encoder-decoder and decoder-only students with KD and with CE only, one run per seed (DISTILL_SEEDS;
 # seed 0 in <row>/, seed s in <row>_s<s>/, as configs/distill/evaluate_demo.yaml lists them), then the table.
 DIS := runs/distill_demo
-DISTILL_SEEDS ?= 0 1
+DISTILL_SEEDS ?= 0 1 2
 distill-demo: $(STAMP)
 	$(BIN)/litbrain fit --config configs/distill/teacher.yaml
 	for s in $(DISTILL_SEEDS); do \
