@@ -161,16 +161,23 @@ clean-demo:
 	rm -rf $(DEMO) runs/demo data/seeg_demo runs/seeg_demo data/nsd_demo runs/nsd_demo
 
 # Distillation (Return of the Encoder) on the fact-lookup world, CPU: the tiny teacher, then the
-# encoder-decoder and decoder-only students with KD and with CE only, then the table.
+# encoder-decoder and decoder-only students with KD and with CE only, one run per seed (DISTILL_SEEDS;
+# seed 0 in <row>/, seed s in <row>_s<s>/, as configs/distill/evaluate_demo.yaml lists them), then the table.
 DIS := runs/distill_demo
+DISTILL_SEEDS ?= 0 1 2
 distill-demo: $(STAMP)
 	$(BIN)/litbrain fit --config configs/distill/teacher.yaml
-	$(BIN)/litbrain fit --config configs/distill/student.yaml
-	$(BIN)/litbrain fit --config configs/distill/student.yaml --model.init_args.alpha 0 \
-	  --model.init_args.teacher null --trainer.default_root_dir $(DIS)/ce_seq2seq
-	$(BIN)/litbrain fit --config configs/distill/decoder_student.yaml
-	$(BIN)/litbrain fit --config configs/distill/decoder_student.yaml --model.init_args.alpha 0 \
-	  --model.init_args.teacher null --trainer.default_root_dir $(DIS)/ce_decoder
+	for s in $(DISTILL_SEEDS); do \
+	  sfx=$$( [ $$s = 0 ] || echo _s$$s ); \
+	  $(BIN)/litbrain fit --config configs/distill/student.yaml --seed_everything $$s \
+	    --trainer.default_root_dir $(DIS)/kd_seq2seq$$sfx && \
+	  $(BIN)/litbrain fit --config configs/distill/student.yaml --seed_everything $$s --model.init_args.alpha 0 \
+	    --model.init_args.teacher null --trainer.default_root_dir $(DIS)/ce_seq2seq$$sfx && \
+	  $(BIN)/litbrain fit --config configs/distill/decoder_student.yaml --seed_everything $$s \
+	    --trainer.default_root_dir $(DIS)/kd_decoder$$sfx && \
+	  $(BIN)/litbrain fit --config configs/distill/decoder_student.yaml --seed_everything $$s --model.init_args.alpha 0 \
+	    --model.init_args.teacher null --trainer.default_root_dir $(DIS)/ce_decoder$$sfx || exit 1; \
+	done
 	$(BIN)/litbrain distill evaluate --config configs/distill/evaluate_demo.yaml
 	$(BIN)/litbrain export --hf true --checkpoint $(DIS)/kd_seq2seq/checkpoints/best.ckpt --out $(DIS)/kd_seq2seq_hf --overwrite true
 
@@ -194,6 +201,7 @@ recon-demo: $(STAMP)
 
 bench-distill: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/litbrain distill bench --config configs/bench/distill.yaml
+	OMP_NUM_THREADS=1 $(BIN)/litbrain distill bench --config configs/bench/distill_wide.yaml
 
 # GILL on the synthetic world (~25 min CPU): world -> causal LM on its text (HF folder) -> GILL on the
 # frozen LM -> release -> evaluate (table + figure). Generation rows need the world pipeline and probe
