@@ -8,16 +8,17 @@ import pytest
 
 from litbrain.cli.fmri_worlds import REPO, WORLDS, format_worlds, run_world
 
-# Small worlds: 3 subjects x 600 own stimuli (540 train / 60 val), 100 shared test stimuli (pool = 100).
-SMALL = dict(n_subjects=3, n_stimuli=100 + 3 * 600, n_shared=100)
+# Small worlds: 3 subjects x 1000 own stimuli (900 train / 100 val), 100 shared test stimuli (pool = 100),
+# half the worlds' voxel counts.
+SMALL = dict(n_subjects=3, n_stimuli=100 + 3 * 1000, n_shared=100)
 CONFIG = str(REPO / "configs" / "fmri" / "demo_ridge.yaml")
 
 
 @pytest.fixture(scope="module")
 def worlds(tmp_path_factory):
     out = tmp_path_factory.mktemp("worlds")
-    results = {name: run_world(name, out, CONFIG, seed=i + 1, synth=SMALL, scale=0.25,
-                               fit_args=["--trainer.max_epochs", "12", "--model.init_args.net.width", "256"])
+    results = {name: run_world(name, out, CONFIG, seed=i + 1, synth=SMALL, scale=0.5,
+                               fit_args=["--trainer.max_epochs", "10", "--model.init_args.net.width", "256"])
                for i, name in enumerate(WORLDS)}
     print(format_worlds(results))
     return results

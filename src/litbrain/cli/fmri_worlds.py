@@ -5,18 +5,19 @@ knobs; they were fixed before any result was seen (a spread of voxel counts, lat
 around the demo's and target widths). For each: synthesize, prepare, fit the recipe, evaluate on
 the shared test stimuli, and print one row (top-1 among 300, mean over subjects).
 
-    python -m litbrain.cli.fmri_worlds --out_dir runs/fmri_worlds        # demo size (make fmri-worlds)
+    litbrain fmri evaluate-worlds --recipe configs/fmri/demo_ridge.yaml     # demo size (make fmri-worlds)
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
-__all__ = ["WORLDS", "format_worlds", "run_world"]
+from litbrain.errors import ConfigError
+
+__all__ = ["WORLDS", "evaluate_worlds", "format_worlds", "run_world"]
 
 REPO = Path(__file__).resolve().parents[3]
 # name: (voxels of sub-01, latent_dim, noise, image target width)
@@ -70,20 +71,23 @@ def format_worlds(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out_dir", default="runs/fmri_worlds")
-    p.add_argument("--config", default=str(REPO / "configs" / "fmri" / "demo.yaml"))
-    p.add_argument("--worlds", nargs="*", default=list(WORLDS))
-    args = p.parse_args(argv)
+def evaluate_worlds(recipe: str = "configs/fmri/demo_ridge.yaml", out_dir: str = "runs/fmri_worlds",
+                    worlds: Optional[list[str]] = None) -> dict[str, dict[str, Any]]:
+    """Fit and score ``recipe`` (a ``litbrain fit`` config) on each world at demo size; print the table.
+
+    Args:
+        recipe: the decoder config every world is fitted with (``configs/fmri/demo.yaml``: the MLP adapters).
+        out_dir: one folder per world (raw, prepared, run, results).
+        worlds: names from ``WORLDS`` (default: all four), seeded 1..4 in that order.
+    """
+    names = list(worlds or WORLDS)
+    unknown = [w for w in names if w not in WORLDS]
+    if unknown:
+        raise ConfigError(f"worlds={unknown}: unknown; fix: choose from {list(WORLDS)}")
     results = {}
-    for i, name in enumerate(args.worlds):
-        results[name] = run_world(name, args.out_dir, args.config, seed=i + 1)
+    for name in names:
+        results[name] = run_world(name, out_dir, recipe, seed=list(WORLDS).index(name) + 1)
         print(format_worlds(results), flush=True)
-    print(f"\nrecipe {args.config}; test split, top-1 among 300 x 30 draws, mean over subjects")
+    print(f"\nrecipe {recipe}; test split, top-1 among 300 x 30 draws, mean over subjects")
     print(format_worlds(results))
     return results
-
-
-if __name__ == "__main__":
-    main()
