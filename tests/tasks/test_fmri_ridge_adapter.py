@@ -11,6 +11,7 @@ from litbrain.metrics import retrieval_score, similarity_matrix
 from litbrain.nn import BrainDecoder
 from litbrain.nn.fmri_decoder import BrainDecoderConfig
 from litbrain.nn.ridge import fit_ridge_folds
+from litbrain.release import load_model
 from litbrain.tasks import FmriDecodingTask
 
 ALPHAS = [1e-2, 1.0, 100.0]
@@ -54,14 +55,17 @@ def test_the_untrained_ridge_decoder_is_the_evaluations_ridge_baseline_and_its_a
         torch.testing.assert_close(similarity_matrix(out, targets[te.stimulus]),
                                    similarity_matrix(ridge.predict(x_te).float(), targets[te.stimulus]),
                                    atol=1e-4, rtol=0)
+        assert not any("_oof" in k for k in task.state_dict())  # fold maps are training state only
         lin = task.model.adapter.maps[s]
         assert not lin.weight.requires_grad
         torch.testing.assert_close(lin.weight, fresh.adapter.maps[s].weight)  # training did not move it
 
 
-def test_training_rows_go_through_the_fold_map_that_never_saw_their_stimulus(tiny_prepared):
+def test_training_rows_go_through_the_fold_map_that_never_saw_their_stimulus(tiny_prepared, tmp_path):
     task, dm, trainer = _task_and_dm(tiny_prepared, folds=3)
     trainer.fit(task, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "ridge.ckpt")  # a ridge-adapter checkpoint loads like any decoder's
+    loaded = load_model(str(tmp_path / "ridge.ckpt"))
     batch = next(iter(dm.train_dataloader()))
     oof, start = task._oof, 0
     for s, x in batch["brain"].items():
@@ -72,5 +76,7 @@ def test_training_rows_go_through_the_fold_map_that_never_saw_their_stimulus(tin
         oof.rows = {s: folds}
         per_row = torch.stack([x[i] @ oof.weights[s][folds[i]] + oof.biases[s][folds[i]] for i in range(x.shape[0])])
         assert not torch.allclose(per_row, task.model.adapter(x, s), atol=1e-3)  # out-of-fold, not in-sample
+        task.model.eval()
         with torch.no_grad():
             torch.testing.assert_close(oof({s: x})["image_projection"], task.model.decode(per_row)["image_projection"])
+            torch.testing.assert_close(loaded({s: x})["image_projection"], task.model({s: x})["image_projection"])

@@ -28,21 +28,21 @@ from litbrain.tasks.base import LitbrainTask, merge_subjects
 __all__ = ["FmriDecodingTask", "decoder_loss"]
 
 
-class _OutOfFoldRidge(nn.Module):
+class _OutOfFoldRidge:
     """The decoder with each training row's ridge adapter replaced by the fold map that never saw its stimulus.
 
     Training the shared stage on out-of-fold ridge predictions gives it inputs as noisy as those it
     meets on val/test (in-sample predictions are fitted to their own noise). ``rows`` (one fold index
-    per row, per subject, set before each call) picks the map of every row.
+    per row, per subject, set before each call) picks the map of every row. A plain callable, not a
+    module: the fold maps are training-time state, never part of the task's state_dict or a release.
     """
 
     def __init__(self, model: BrainDecoder, weights: dict[str, torch.Tensor], biases: dict[str, torch.Tensor]):
-        super().__init__()
         self.model = model
         self.weights, self.biases = weights, biases  # {subject: (K, V, D)}, {subject: (K, D)}
         self.rows: dict[str, torch.Tensor] = {}
 
-    def forward(self, brain: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def __call__(self, brain: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         parts = []
         for s, x in brain.items():
             fold = self.rows[s]
