@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 # quiet and 0.39x when another job shares it (OpenMP barriers stall); README "Threads" has the figures.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install demo nsd-demo seeg-demo seeg-few-labels seeg-hg-demo encoding-demo distill-demo bench-distill gill-demo bench-gill wave-demo generation-demo bench-generation recon-demo test test-fast bench bench-nsd bench-seeg bench-vit bench-vlm \
+.PHONY: install demo nsd-demo seeg-demo seeg-few-labels seeg-hg-demo encoding-demo distill-demo bench-distill gill-demo bench-gill wave-demo generation-demo bench-generation recon-demo fmri-worlds test test-fast bench bench-nsd bench-seeg bench-vit bench-vlm \
   clean-demo
 
 install: $(STAMP)
@@ -36,6 +36,12 @@ demo: $(STAMP)
 
 # NSD in its own layout: a miniature NSD (NSD's files and formats) -> prepare-nsd -> targets from tiny
 # local encoders -> prepare -> the decoder -> retrieval on the shared images. Real NSD: README.
+# The fMRI recipe on four synthetic worlds other than the demo's (demo size; ~6 min a world on 2 busy
+# cores): decoder / ridge / oracle table. RECIPE=configs/fmri/demo.yaml scores the MLP-adapter recipe.
+RECIPE ?= configs/fmri/demo_ridge.yaml
+fmri-worlds: $(STAMP)
+	$(BIN)/litbrain fmri evaluate-worlds --recipe $(RECIPE) --out_dir runs/fmri_worlds
+
 nsd-demo: $(STAMP)
 	$(BIN)/litbrain fmri synthesize-nsd --config configs/data/synthetic_nsd_demo.yaml
 	$(BIN)/litbrain fmri prepare-nsd --config configs/data/prepare_nsd_demo.yaml

@@ -134,6 +134,8 @@ CASES = {
                                                "n_subjects"),
     "fmri evaluate: no prepared set": (["fmri", "evaluate", "--data_dir", "/nonexistent/prepared", "--checkpoint",
                                         "{tmp}/x.ckpt"], "fix:"),
+    "fmri evaluate-worlds: unknown world": (["fmri", "evaluate-worlds", "--worlds", "[w9]", "--out_dir", "{tmp}/worlds"],
+                                            "worlds=['w9']: unknown; fix: choose from ['w1', 'w2', 'w3', 'w4']"),
     "fit before prepare": (["fit", "--config", DEMO_CONFIG, "--data.init_args.data_dir", "/nonexistent/prepared",
                             "--trainer.default_root_dir", "{tmp}/run"],
                            "prepared fMRI dataset folder not found; fix: run `litbrain fmri prepare`"),

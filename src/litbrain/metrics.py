@@ -54,6 +54,12 @@ def top1_retrieval(
     return {"brain_to_image": b2i / draws, "image_to_brain": i2b / draws, "chance": 1.0 / pool}
 
 
+def retrieval_score(pred: torch.Tensor, target: torch.Tensor, pool_size: int = 300, draws: int = 5, seed: int = 0) -> float:
+    """brain->image + image->brain top-1 (:func:`top1_retrieval`): the score that picks penalties on val."""
+    r = top1_retrieval(pred, target, pool_size, draws, seed)
+    return r["brain_to_image"] + r["image_to_brain"]
+
+
 def two_way_identification(pred: torch.Tensor, target: torch.Tensor) -> float:
     """Fraction of (i, j != i) pairs where corr(pred_i, target_i) > corr(pred_i, target_j)."""
     p = pred.flatten(1).float()

@@ -60,6 +60,8 @@ FAMILIES: dict[str, dict[str, Verb]] = {
                         "mask, z-score and shard raw NIfTI betas into a prepared dataset"),
         "evaluate": Verb("litbrain.evaluation.fmri:evaluate_decoder",
                          "retrieval/identification of a decoder vs ridge, oracle and chance"),
+        "evaluate-worlds": Verb("litbrain.cli.fmri_worlds:evaluate_worlds",
+                                "fit + score a decoder recipe on four synthetic worlds other than the demo's (table)"),
         "bench": Verb("litbrain.benchmarks.fmri:bench_fmri",
                       "Lightning vs bare loop, loader vs step, RSS 1x vs 10x (configs/bench/fmri.yaml)"),
         "bench-step": Verb("litbrain.benchmarks.fmri:bench_fmri_step",

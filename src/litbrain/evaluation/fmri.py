@@ -16,7 +16,7 @@ import torch
 
 from litbrain.errors import DataError
 from litbrain.evaluation.baselines import fit_ridge
-from litbrain.metrics import similarity_matrix, top1_retrieval, two_way_identification
+from litbrain.metrics import retrieval_score, similarity_matrix, top1_retrieval, two_way_identification
 from litbrain.release import load_model
 from litbrain.utils.io import atomic_file, atomic_write_text
 
@@ -202,12 +202,8 @@ def evaluate_decoder(
         res = {"decoder": _scores(pred, target, retrieval_pool, retrieval_draws, seed)}
         x_tr, st_tr = _load_split(data, s, "train")
         x_va, st_va = _load_split(data, s, "val")
-
-        def val_score(p: torch.Tensor, t: torch.Tensor) -> float:
-            r = top1_retrieval(p, t, retrieval_pool, 5, seed)
-            return r["brain_to_image"] + r["image_to_brain"]
-
-        ridge = fit_ridge(x_tr, targets[st_tr], ridge_alphas, x_va, targets[st_va], val_score)
+        ridge = fit_ridge(x_tr, targets[st_tr], ridge_alphas, x_va, targets[st_va],
+                          lambda p, t: retrieval_score(p, t, retrieval_pool, 5, seed))
         res["ridge"] = _scores(ridge.predict(brain).float(), target, retrieval_pool, retrieval_draws, seed)
         res["ridge"]["alpha"] = ridge.alpha
         if oracle_fn is not None:

@@ -10,19 +10,48 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from litbrain import losses
 from litbrain.errors import ConfigError, SubjectMismatchError
-from litbrain.metrics import RetrievalMetrics
+from litbrain.metrics import RetrievalMetrics, retrieval_score
 from litbrain.nn.fmri_decoder import BrainDecoder, BrainDecoderConfig
 from litbrain.nn.registry import build_model
+from litbrain.nn.ridge import fit_ridge, fit_ridge_folds
 from litbrain.nn.subject_adapter import freeze_all_but_adapters
 from litbrain.tasks.base import LitbrainTask, merge_subjects
 
 __all__ = ["FmriDecodingTask", "decoder_loss"]
+
+
+class _OutOfFoldRidge:
+    """The decoder with each training row's ridge adapter replaced by the fold map that never saw its stimulus.
+
+    Training the shared stage on out-of-fold ridge predictions gives it inputs as noisy as those it
+    meets on val/test (in-sample predictions are fitted to their own noise). ``rows`` (one fold index
+    per row, per subject, set before each call) picks the map of every row. A plain callable, not a
+    module: the fold maps are training-time state, never part of the task's state_dict or a release.
+    """
+
+    def __init__(self, model: BrainDecoder, weights: dict[str, torch.Tensor], biases: dict[str, torch.Tensor]):
+        self.model = model
+        self.weights, self.biases = weights, biases  # {subject: (K, V, D)}, {subject: (K, D)}
+        self.rows: dict[str, torch.Tensor] = {}
+
+    def __call__(self, brain: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        parts = []
+        for s, x in brain.items():
+            fold = self.rows[s]
+            a = x.new_empty(x.shape[0], self.weights[s].shape[-1])
+            for k in fold.unique().tolist():
+                m = fold == k
+                a[m] = x[m] @ self.weights[s][k] + self.biases[s][k]
+            parts.append(a)
+        return self.model.decode(torch.cat(parts))
 
 
 def decoder_loss(
@@ -101,6 +130,11 @@ class FmriDecodingTask(LitbrainTask):
             (new-subject transfer).
         freeze: "all_but_adapters" trains only the adapters of the data's subjects (STTM);
             "none" fine-tunes everything (MindEye2).
+        ridge_alphas: with ``net.adapter: ridge``, the ridge penalties (relative to the mean Gram
+            eigenvalue, as the evaluation's baseline) tried per subject; the one with the best val
+            retrieval (both directions, the metric the evaluation reports) is fitted on train and frozen.
+        ridge_folds: with ``net.adapter: ridge``, folds (grouped by stimulus) of the out-of-fold ridge
+            predictions the shared stage trains on; 0 trains on the in-sample predictions.
     """
 
     config_class = BrainDecoderConfig
@@ -125,6 +159,8 @@ class FmriDecodingTask(LitbrainTask):
         retrieval_draws: int = 30,
         init_from: str | None = None,
         freeze: Literal["none", "all_but_adapters"] = "none",
+        ridge_alphas: list[float] = [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0],
+        ridge_folds: int = 5,
     ) -> None:
         super().__init__()
         if freeze not in ("none", "all_but_adapters"):
@@ -136,6 +172,8 @@ class FmriDecodingTask(LitbrainTask):
         self._init_state: dict[str, torch.Tensor] | None = None
         self._val_metrics = nn.ModuleDict()
         self._test_metrics = nn.ModuleDict()
+        self._oof: _OutOfFoldRidge | None = None
+        self._fold_of: dict[str, torch.Tensor] = {}
 
     def checkpoint_monitor(self) -> tuple[str, str] | None:
         return ("val/brain_to_image", "max")  # mean over subjects of val top-1 brain->image
@@ -188,6 +226,8 @@ class FmriDecodingTask(LitbrainTask):
         self.model = build_model(self.net, "model.init_args.net")  # BrainDecoder (or a subclass's model)
         if self._init_state is not None:
             self.load_per_subject_init("adapter")
+        if self.net.adapter == "ridge":  # fitted in closed form (fit_ridge_adapters), never by the optimiser
+            self.model.adapter.requires_grad_(False)
         if self.hparams.freeze == "all_but_adapters":
             freeze_all_but_adapters(self.model, self._data_subjects or None)
 
@@ -204,13 +244,78 @@ class FmriDecodingTask(LitbrainTask):
     def on_train_start(self) -> None:
         self._total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
 
+    def on_fit_start(self) -> None:
+        if self.net.adapter == "ridge":
+            self.fit_ridge_adapters()
+
+    @torch.no_grad()
+    def fit_ridge_adapters(self) -> dict[str, float]:
+        """``net.adapter: ridge``: fit each data subject's adapter in closed form and freeze it.
+
+        Per subject: ridge from the training rows to the image targets for every ``ridge_alphas``,
+        the penalty with the best val top-1 retrieval (brain->image + image->brain) kept; the map is
+        scaled so its predictions have unit mean s.d. (the shared stage's input scale) and copied
+        into the adapter, which is frozen. With ``ridge_folds`` > 1, also the fold maps whose
+        out-of-fold predictions the shared stage trains on. Deterministic given the data, so a
+        resumed fit refits the same maps. Returns the chosen penalty per subject.
+        """
+        if type(self.model) is not BrainDecoder:
+            raise ConfigError(f"model.init_args.net.adapter='ridge' is implemented for BrainDecoder, not "
+                              f"{type(self.model).__name__}; fix: use adapter 'linear' or 'sttm'")
+        dm = self.datamodule
+        if dm is None or not hasattr(dm, "_get_splits"):
+            raise ConfigError("net.adapter='ridge' fits its adapters on the datamodule's train/val splits; "
+                              "fix: fit with an FmriDataModule (data.init_args.data_dir)")
+        h = self.hparams
+        targets = torch.from_numpy(np.load(dm.data_dir / "image_embedding.npy")).float().flatten(1)
+        pool = int(h.retrieval_pool)
+        val_score = lambda p, t: retrieval_score(p, t, pool, 5, 0)  # noqa: E731  (as the evaluation's baseline)
+        chosen: dict[str, float] = {}
+        weights: dict[str, torch.Tensor] = {}
+        biases: dict[str, torch.Tensor] = {}
+        dev = self.device
+        for s, tr, va in zip(dm.subjects, dm._get_splits("train"), dm._get_splits("val")):
+            x_tr = torch.from_numpy(tr.read(np.arange(tr.n)))
+            x_va = torch.from_numpy(va.read(np.arange(va.n)))
+            y_tr = targets[tr.stimulus]
+            ridge = fit_ridge(x_tr, y_tr, list(h.ridge_alphas), x_va, targets[va.stimulus], val_score)
+            chosen[s] = ridge.alpha
+            maps = [ridge]
+            if h.ridge_folds > 1:
+                folds, fold = fit_ridge_folds(x_tr, y_tr, tr.stimulus, ridge.alpha, h.ridge_folds)
+                maps += folds
+                self._fold_of[s] = torch.full((int(tr.stimulus.max()) + 1,), -1, dtype=torch.long)
+                self._fold_of[s][torch.from_numpy(tr.stimulus)] = torch.from_numpy(fold).long()
+            # (x - x_mean) @ W + y_mean = x @ W + b; scale by the s.d. of the predictions
+            scale = float(ridge.predict(x_tr).std(0).mean().clamp_min(1e-8))
+            w = torch.stack([(m.weight / scale) for m in maps]).float()
+            b = torch.stack([((m.y_mean - m.x_mean @ m.weight) / scale) for m in maps]).float()
+            lin = self.model.adapter.maps[self.model.adapter._key(s)]
+            lin.weight.copy_(w[0].T)
+            lin.bias.copy_(b[0])
+            weights[s], biases[s] = w[1:].to(dev), b[1:].to(dev)
+        self._oof = _OutOfFoldRidge(self.model, weights, biases) if h.ridge_folds > 1 else None
+        rank_zero_info("ridge adapters (penalty chosen on val): " + ", ".join(f"{s} alpha={a:g}" for s, a in chosen.items()))
+        return chosen
+
     def _progress(self) -> float:
         total = getattr(self, "_total_steps", None) or max(int(self.trainer.estimated_stepping_batches), 1)
         return self.global_step / total
 
     def training_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        """The objective of one training batch and its logged terms (:func:`decoder_loss`)."""
-        return decoder_loss(self.model, batch, self._progress(), self.hparams)
+        """The objective of one training batch and its logged terms (:func:`decoder_loss`).
+
+        With ridge adapters and folds, each row goes through the fold map that never saw its stimulus.
+        """
+        model = self.model
+        if self._oof is not None:
+            stim, start = batch["stimulus"], 0
+            for s, x in batch["brain"].items():
+                rows = stim[start:start + x.shape[0]]
+                self._oof.rows[s] = self._fold_of[s].to(rows.device)[rows]
+                start += x.shape[0]
+            model = self._oof
+        return decoder_loss(model, batch, self._progress(), self.hparams)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, logs = self.training_loss(batch)
