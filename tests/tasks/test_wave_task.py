@@ -16,7 +16,7 @@ from tests.helpers.wave import wave_fit_args
 def pretrained(tiny_wave_prepared, tmp_path_factory):
     run = tmp_path_factory.mktemp("wave_pre")
     main(wave_fit_args("pretrain_demo.yaml", tiny_wave_prepared, run, "--data.init_args.window", "20",
-                       "--trainer.max_epochs", "2"))
+                       "--trainer.max_epochs", "2", "--model.init_args.objective", "next_tr"))  # WAVE's objective
     return run / "checkpoints" / "last.ckpt"
 
 
