@@ -69,7 +69,8 @@ class WaveTask(LitbrainTask):
         mask_ratio: share of masked entries for ``masked_parcel`` (WAVE-style masked modelling: 0.2).
         parcel_dropout: contrastive training only: rate at which each window's parcels are zeroed (augmentation).
         lr / weight_decay / warmup_fraction: AdamW + one-cycle (tasks/base.py).
-        init_from: checkpoint or release of a wave model (e.g. the pretraining run) to start from.
+        init_from: checkpoint or release of a wave model (e.g. the pretraining run) to start from; its
+            architecture is kept, ``net.dropout`` is this run's.
         seed: seed of the masking draws.
     """
 
@@ -100,8 +101,9 @@ class WaveTask(LitbrainTask):
         net, h = self.net, self.hparams
         if h.init_from and self._init_state is None and self.model is None:
             src = self.read_init(h.init_from)
+            # the architecture comes from the checkpoint; dropout is a training choice, so this run's config sets it
             net = src.config.replace(image_embedding_dim=net.image_embedding_dim,
-                                     text_embedding_dim=net.text_embedding_dim)
+                                     text_embedding_dim=net.text_embedding_dim, dropout=net.dropout)
             self._init_state = src.state
         dm = self.datamodule
         if dm is not None:
