@@ -69,15 +69,15 @@ encoding-demo: $(STAMP)
 	$(BIN)/litbrain encoding evaluate --config configs/encoding/evaluate_new_subject.yaml
 
 # Whole-brain foundation encoder (WAVE) on the synthetic fMRIPrep-style world: pretraining on sub-01/02, contrastive
-# fine-tuning from it and from scratch (all labels, 40 epochs; 20% of the training runs = 1 batch an epoch, 200 epochs;
+# fine-tuning from it and from scratch (all labels, 60 epochs; 20% of the training runs = 1 batch an epoch, 300 epochs;
 # 3 seeds), then retrieval vs ridge /
-# oracle / chance with the network ablation map, and sub-03 zero-shot.
+# oracle / chance with the network ablation map, sub-03 zero-shot, and the from-scratch model's table.
 WAVE := runs/wave_demo
 wave-demo: $(STAMP)
 	$(BIN)/litbrain wave synthesize --config configs/wave/synthetic_demo.yaml
 	$(BIN)/litbrain wave prepare --config configs/wave/prepare_demo.yaml
 	$(BIN)/litbrain fit --config configs/wave/pretrain_demo.yaml
-	for s in 0 1 2; do for fe in 1.0:40 0.2:200; do f=$${fe%:*}; e=$${fe#*:}; \
+	for s in 0 1 2; do for fe in 1.0:60 0.2:300; do f=$${fe%:*}; e=$${fe#*:}; \
 	  $(BIN)/litbrain fit --config configs/wave/contrastive_demo.yaml --seed_everything $$s --trainer.max_epochs $$e \
 	    --data.init_args.label_fraction $$f --trainer.default_root_dir $(WAVE)/labels$${f}_pretrained_seed$$s || exit 1; \
 	  $(BIN)/litbrain fit --config configs/wave/contrastive_demo.yaml --seed_everything $$s --trainer.max_epochs $$e \
@@ -88,6 +88,8 @@ wave-demo: $(STAMP)
 	  --checkpoint $(WAVE)/labels1.0_pretrained_seed0/checkpoints/last.ckpt
 	$(BIN)/litbrain wave evaluate --config configs/wave/evaluate_demo.yaml --subjects '[sub-03]' \
 	  --checkpoint $(WAVE)/labels1.0_pretrained_seed0/checkpoints/last.ckpt --out_dir $(WAVE)/results_sub-03
+	$(BIN)/litbrain wave evaluate --config configs/wave/evaluate_demo.yaml \
+	  --checkpoint $(WAVE)/labels1.0_scratch_seed0/checkpoints/last.ckpt --out_dir $(WAVE)/results_scratch
 
 # Text-to-image latent diffusion on the 64-px stimulus world (~45 min on 2 quiet CPU cores): the world, a diffusers
 # VAE (+ its decoder fine-tuned), the world probe, the UNet (frozen VAE + frozen MiniLM), then held-out captions -> images judged by the probe.

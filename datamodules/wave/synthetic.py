@@ -22,8 +22,14 @@ nilearn's SPM HRF on the TR grid; a voxel carries the response of the nearest pa
 sphere radius. Added per voxel: spatially smooth Gaussian noise, slow cosine drifts and a linear
 trend, and motion-like confounds (six random walks, each with its own spatial map), all listed in the
 confounds file (so the masker's confound regression and detrending remove them), then a baseline
-and gain per voxel. Rest runs are the same without events. The last task run of every subject shows
-the shared test stimuli.
+and gain per voxel. Spontaneous activity is structured by network, as resting-state BOLD is (rest
+networks mirror the networks that task activates, Smith et al. 2009, PNAS 106:13040): each network has
+slow latent time courses (Gaussian-smoothed white noise, ``spontaneous_timescale`` s) shared by its
+parcels, with the network's own stimulus loadings for an informative network (so rest reveals the
+subspace that stimuli drive) and ``spontaneous_rank`` random loadings for the others, at amplitude
+``spontaneous``; plus a small parcel-specific fluctuation. ``truth.json`` records these parameters and
+``truth.npz`` the spontaneous loadings. Rest runs are the same without events. The last task run of
+every subject shows the shared test stimuli.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ __all__ = ["synthesize_wave", "DEFAULT_NETWORK_WEIGHTS", "bold_name", "load_wave
 
 # Share of the stimulus information per network (WAVE's finding: visual, then default mode, then
 # dorsal attention); every other Seitzman network carries none.
-DEFAULT_NETWORK_WEIGHTS = {"Visual": 0.5, "DefaultMode": 0.3, "DorsalAttention": 0.2}
+DEFAULT_NETWORK_WEIGHTS = {"Visual": 0.5, "DefaultMode": 0.33, "DorsalAttention": 0.17}
 MOTION = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 
 
@@ -115,6 +121,9 @@ def synthesize_wave(
     smoothness_mm: float = 8.0,
     drift: float = 2.0,
     motion: float = 1.0,
+    spontaneous: float = 0.3,
+    spontaneous_rank: int = 3,
+    spontaneous_timescale: float = 4.0,
     seed: int = 0,
     overwrite: bool = False,
 ) -> Path:
@@ -134,11 +143,15 @@ def synthesize_wave(
         latent_dim: Latent stimulus features, split between informative networks by weight.
         image_embedding_dim / text_embedding_dim: Widths of the cached image and caption embeddings.
         network_weights: Seitzman network -> share of the stimulus information (default: Visual 0.5,
-            DefaultMode 0.3, DorsalAttention 0.2; the rest 0).
+            DefaultMode 0.33, DorsalAttention 0.17: 10 / 7 / 3 of 20 latent dims, so the order is clear; the rest 0).
         signal / noise: Response and (spatially smooth) noise standard deviations per voxel.
         subject_variability: Relative s.d. of each subject's perturbation of the shared loadings.
         smoothness_mm: FWHM-like smoothing (mm, as a Gaussian sigma) of the noise.
         drift / motion: Amplitudes of the slow drifts and motion-like confounds (removed by prepare).
+        spontaneous: Amplitude of the network-shared spontaneous fluctuations (0 = none; see the module doc).
+        spontaneous_rank: Latent spontaneous time courses of each uninformative network (an informative one has
+            as many as its latent stimulus dims, on the same loadings).
+        spontaneous_timescale: Gaussian s.d. (s) of the spontaneous time courses' smoothing.
         seed: Random seed; same arguments = identical files.
         overwrite: Replace ``out_dir``.
     """
@@ -176,6 +189,13 @@ def synthesize_wave(
         # every latent dim gets the same total signal energy whichever network carries it (as if spread over
         # 5 parcels of unit loading), so a network's information is its number of dims, whatever its size
         loadings[np.ix_(rows, d)] = rng_load.standard_normal((rows.size, len(d))) * math.sqrt(5.0 / rows.size)
+    # spontaneous loadings of the uninformative networks (the informative ones reuse their stimulus loadings)
+    quiet = [k for k in sorted(set(networks.tolist())) if k not in dims]
+    R = int(spontaneous_rank)
+    spont_load = np.zeros((P, R * len(quiet)))
+    for j, k in enumerate(quiet):
+        rows = np.flatnonzero(networks == k)
+        spont_load[rows, j * R:(j + 1) * R] = rng_load.standard_normal((rows.size, R)) * math.sqrt(5.0 / rows.size)
 
     # voxels -> nearest parcel seed within the radius (the voxel carries that parcel's response)
     ijk = np.argwhere(mask)
@@ -223,8 +243,11 @@ def synthesize_wave(
                 ft = np.arange(T) * tr
                 resp = _event_responses(z[stim], onsets, event_duration, ft) if stim.size else np.zeros((T, L))
                 parcel = resp @ sub_load.T  # (T, P)
-                # spontaneous activity: the networks' own slow fluctuations (what rest runs are made of)
-                spont = _smooth_noise((T,), P, 1.5, rng).T * 0.5
+                # spontaneous activity (what rest runs are made of): slow time courses shared by each network's
+                # parcels, on the stimulus loadings for informative networks, plus a parcel-specific part
+                sl = np.hstack([sub_load, spont_load])
+                net_spont = _smooth_noise((T,), sl.shape[1], spontaneous_timescale / tr, rng).T @ sl.T
+                spont = spontaneous * net_spont + _smooth_noise((T,), P, 1.5, rng).T * 0.5
                 sig = np.zeros((T, owner.size))
                 inside = owner >= 0
                 sig[:, inside] = signal * parcel[:, owner[inside]] + spont[:, owner[inside]]
@@ -263,12 +286,15 @@ def synthesize_wave(
             "DatasetType": "derivative", "GeneratedBy": [{"Name": "litbrain.datamodules.wave.synthesize_wave"}]},
             indent=1))
         np.savez(tmp / "truth.npz", z=z, ids=ids, shared=shared, loadings=loadings, networks=networks,
+                 spontaneous_loadings=spont_load,
                  **{f"world.{k}": v for k, v in wtruth.items() if k.startswith(("image_", "text_"))})
         total = sum(weights.values())
         (tmp / "truth.json").write_text(json.dumps({
             "generator": "litbrain.datamodules.wave.synthesize_wave", "parameters": params,
             "network_weights": {k: weights.get(k, 0.0) / total for k in sorted(set(networks))},
-            "network_dims": dims, "atlas": atlas["name"], "sphere_radius": sphere_radius, "tr": tr}, indent=1))
+            "network_dims": dims, "spontaneous": {"amplitude": spontaneous, "timescale_s": spontaneous_timescale,
+                                                   "rank_uninformative": R, "uninformative_networks": quiet},
+            "atlas": atlas["name"], "sphere_radius": sphere_radius, "tr": tr}, indent=1))
     return out
 
 

@@ -43,3 +43,25 @@ def test_the_losses_are_what_they_say():
     m = torch.rand(x.shape, generator=torch.Generator().manual_seed(3)) < 0.2
     masked = torch.mean((model.reconstruct(model(x.masked_fill(m, 0)))[m] - x[m]) ** 2)
     torch.testing.assert_close(wave_loss(model, batch, "masked_parcel", 0.2, torch.Generator().manual_seed(3)), masked)
+
+
+def test_parcel_dropout_zeroes_whole_parcels_of_a_window_and_rescales_the_kept_ones():
+    config = WaveConfig.examples()[0]
+    torch.manual_seed(0)
+    model = WaveEncoder(config).eval()
+    seen = []
+    embed = model.embed
+    model.embed = lambda x, subject=None: (seen.append(x), embed(x, subject))[1]
+    g = torch.Generator().manual_seed(1)
+    x = config.example_input(64)
+    batch = {"bold": x, "image_embedding": torch.randn(64, 6, generator=g), "text_embedding": torch.randn(64, 5, generator=g)}
+    wave_loss(model, batch, "contrastive", generator=torch.Generator().manual_seed(2), parcel_dropout=0.25)
+    (xd,) = seen
+    dropped = (xd == 0).all(1)  # (B, P): a parcel is zeroed at every TR of its window, or kept
+    kept = ~dropped[:, None, :].expand_as(x)
+    torch.testing.assert_close(xd[kept], x[kept] / 0.75)
+    assert abs(dropped.float().mean().item() - 0.25) < 0.05
+    assert dropped.any(0).all() and not dropped.all(0).any()  # which parcels differs between windows
+    seen.clear()
+    wave_loss(model, batch, "contrastive")  # off by default: the batch goes in as it is
+    torch.testing.assert_close(seen[0], x)

@@ -16,7 +16,7 @@ from tests.helpers.wave import wave_fit_args
 def pretrained(tiny_wave_prepared, tmp_path_factory):
     run = tmp_path_factory.mktemp("wave_pre")
     main(wave_fit_args("pretrain_demo.yaml", tiny_wave_prepared, run, "--data.init_args.window", "20",
-                       "--trainer.max_epochs", "2"))
+                       "--trainer.max_epochs", "2", "--model.init_args.objective", "next_tr"))  # WAVE's objective
     return run / "checkpoints" / "last.ckpt"
 
 
@@ -50,6 +50,15 @@ def test_contrastive_fine_tuning_from_pretraining_decodes_and_its_ablation_ranks
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     pre = torch.load(pretrained, map_location="cpu", weights_only=True)["state_dict"]
     assert not torch.equal(state["model.parcel_embed.weight"], pre["model.parcel_embed.weight"])  # fine-tuned
+    import yaml
+
+    from litbrain.evaluation.wave import load_wave
+    from tests.helpers.fit import REPO
+
+    want = yaml.safe_load((REPO / "configs" / "wave" / "contrastive_demo.yaml").read_text())["model"]["init_args"]
+    pre_cfg = yaml.safe_load((REPO / "configs" / "wave" / "pretrain_demo.yaml").read_text())["model"]["init_args"]
+    assert want["net"]["dropout"] != pre_cfg["net"]["dropout"]
+    assert load_wave(ckpt).config.dropout == want["net"]["dropout"]  # the fine-tune's dropout, not the pretraining's
     capsys.readouterr()
     out = evaluate_wave(str(tiny_wave_prepared), str(ckpt), str(tmp_path / "res"), raw_dir=str(tiny_wave_raw),
                         subjects=["sub-01", "sub-02"])

@@ -32,8 +32,12 @@ OBJECTIVES = ("next_tr", "masked_parcel", "contrastive")
 
 
 def wave_loss(model: WaveEncoder, batch: dict[str, Any], objective: str, mask_ratio: float = 0.2,
-              generator: torch.Generator | None = None) -> torch.Tensor:
-    """The training loss of one batch (kept free of Lightning)."""
+              generator: torch.Generator | None = None, parcel_dropout: float = 0.0) -> torch.Tensor:
+    """The training loss of one batch (kept free of Lightning).
+
+    ``parcel_dropout`` (contrastive only): each window's parcels are zeroed at that rate (the same parcels at every
+    TR; the kept ones scaled by ``1 / (1 - rate)``), an augmentation against memorising a few hundred events.
+    """
     x = batch["bold"].float()
     subject = batch.get("subject") if model.subject_embed is not None else None
     if objective == "next_tr":
@@ -46,6 +50,9 @@ def wave_loss(model: WaveEncoder, batch: dict[str, Any], objective: str, mask_ra
     if model.image_proj is None or model.text_proj is None:
         raise ConfigError("objective 'contrastive' needs net.image_embedding_dim and net.text_embedding_dim; fix: "
                           "train with an events-mode WaveDataModule, which provides them")
+    if parcel_dropout > 0:
+        keep = torch.rand(x.shape[0], 1, x.shape[2], generator=generator, device="cpu").to(x.device) >= parcel_dropout
+        x = x * keep / (1.0 - parcel_dropout)
     out = model.project(model.embed(x, subject))
     scales = model.logit_scales()
     img = losses.info_nce(out["image"], batch["image_embedding"].float(), 1.0 / scales["image"])
@@ -60,19 +67,23 @@ class WaveTask(LitbrainTask):
         net: the encoder's config; ``n_parcels`` and the target widths come from the datamodule.
         objective: ``next_tr``, ``masked_parcel`` or ``contrastive``.
         mask_ratio: share of masked entries for ``masked_parcel`` (WAVE-style masked modelling: 0.2).
+        parcel_dropout: contrastive training only: rate at which each window's parcels are zeroed (augmentation).
         lr / weight_decay / warmup_fraction: AdamW + one-cycle (tasks/base.py).
-        init_from: checkpoint or release of a wave model (e.g. the pretraining run) to start from.
+        init_from: checkpoint or release of a wave model (e.g. the pretraining run) to start from; its
+            architecture is kept, ``net.dropout`` is this run's.
         seed: seed of the masking draws.
     """
 
     config_class = WaveConfig
 
     def __init__(self, net: WaveConfig | None = None, objective: Literal["next_tr", "masked_parcel", "contrastive"] = "next_tr",
-                 mask_ratio: float = 0.2, lr: float = 3e-4, weight_decay: float = 0.01, warmup_fraction: float = 0.1,
+                 mask_ratio: float = 0.2, parcel_dropout: float = 0.0, lr: float = 3e-4, weight_decay: float = 0.01, warmup_fraction: float = 0.1,
                  init_from: str | None = None, seed: int = 0) -> None:
         super().__init__()
         if objective not in OBJECTIVES:
             raise ConfigError(f"model.objective={objective!r}; fix: one of {list(OBJECTIVES)}")
+        if not 0 <= parcel_dropout < 1:
+            raise ConfigError(f"model.parcel_dropout={parcel_dropout}; fix: a value in [0, 1)")
         if not 0 < mask_ratio < 1:
             raise ConfigError(f"model.mask_ratio={mask_ratio}; fix: a value in (0, 1)")
         self.save_hyperparameters()
@@ -90,8 +101,9 @@ class WaveTask(LitbrainTask):
         net, h = self.net, self.hparams
         if h.init_from and self._init_state is None and self.model is None:
             src = self.read_init(h.init_from)
+            # the architecture comes from the checkpoint; dropout is a training choice, so this run's config sets it
             net = src.config.replace(image_embedding_dim=net.image_embedding_dim,
-                                     text_embedding_dim=net.text_embedding_dim)
+                                     text_embedding_dim=net.text_embedding_dim, dropout=net.dropout)
             self._init_state = src.state
         dm = self.datamodule
         if dm is not None:
@@ -122,7 +134,8 @@ class WaveTask(LitbrainTask):
         return self.model.project(self.model.embed(bold, subject))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = wave_loss(self.model, batch, self.hparams.objective, self.hparams.mask_ratio, self._gen)
+        loss = wave_loss(self.model, batch, self.hparams.objective, self.hparams.mask_ratio, self._gen,
+                         self.hparams.parcel_dropout)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["bold"].shape[0])
         return loss
 
