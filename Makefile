@@ -213,10 +213,12 @@ bench-distill: $(STAMP)
 
 # GILL on the synthetic world (~25 min CPU): world -> causal LM on its text (HF folder) -> GILL on the
 # frozen LM -> release -> evaluate (table + figure). Generation rows need the world pipeline and probe
-# (the generation family's): GILL_PIPELINE=<folder> GILL_PROBE=<release> make gill-demo.
+# (the generation family's): by default the fine-tuned pipeline and probe of `make generation-demo` when
+# they exist (else null: no generation rows); or GILL_PIPELINE=<folder> GILL_PROBE=<release> make gill-demo.
 GILL := runs/gill_demo
-GILL_PIPELINE ?= null
-GILL_PROBE ?= null
+GEN_DEMO := runs/generation_demo
+GILL_PIPELINE ?= $(if $(wildcard $(GEN_DEMO)/pipeline_finetuned/model_index.json),$(GEN_DEMO)/pipeline_finetuned,null)
+GILL_PROBE ?= $(if $(wildcard $(GEN_DEMO)/probe_release/config.json),$(GEN_DEMO)/probe_release,null)
 gill-demo: $(STAMP)
 	$(BIN)/litbrain gill synthesize --config configs/gill/world.yaml
 	$(BIN)/litbrain fit --config configs/gill/lm.yaml

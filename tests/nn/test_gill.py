@@ -201,3 +201,13 @@ def test_the_decision_stage_fits_only_the_head_on_frozen_img0_states():
                            for b in batches]).float().mean()
     assert after > 0.9 and after > before
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in others.items())
+
+
+def test_the_generation_comparison_samples_the_whole_heldout_list_not_its_bank_head():
+    from litbrain.evaluation.gill import generation_sample
+
+    sel = generation_sample(500, 64, seed=0)
+    assert len(set(sel.tolist())) == 64 and list(sel) == sorted(sel) and 0 <= sel.min() and sel.max() < 500
+    assert (sel >= 100).sum() > 32  # the held-out list starts with the 100 bank prompts; a head slice holds only them
+    assert (generation_sample(500, 64, seed=0) == sel).all() and not (generation_sample(500, 64, seed=1) == sel).all()
+    assert (generation_sample(40, 64) == list(range(40))).all()

@@ -34,7 +34,8 @@ from litbrain.nn.generation import generate_from_embeddings, load_pipeline
 from litbrain.nn.gill import GillModel, check_cross_attention_width
 from litbrain.utils.io import atomic_write_text
 
-__all__ = ["GillInference", "calibrate_img_logit_scale", "check_img_tokens", "evaluate_gill", "load_gill"]
+__all__ = ["GillInference", "calibrate_img_logit_scale", "check_img_tokens", "evaluate_gill", "generation_sample",
+           "load_gill"]
 
 
 def check_img_tokens(tokenizer: Any, n: int = 8, source: str = "model") -> list[int]:
@@ -280,6 +281,17 @@ def _unet_width(spec: str) -> int:
     return int(load_pipeline(spec).unet.config.cross_attention_dim)
 
 
+def generation_sample(n_prompts: int, n: int, seed: int = 0) -> np.ndarray:
+    """Which ``n`` of ``n_prompts`` held-out prompts are generated both ways: a seeded uniform sample, in order.
+
+    The held-out list starts with the bank's stimuli (one catalogue: large shapes on dark backgrounds), so
+    its first ``n`` would judge GILL on those compositions alone; both rows read the same sample.
+    """
+    if n >= n_prompts:
+        return np.arange(n_prompts)
+    return np.sort(np.random.default_rng(seed).choice(n_prompts, size=n, replace=False))
+
+
 def _generation_rows(pipe: Any, probe: str | None, dm: Any, infer: GillInference, idx: np.ndarray, embeds: torch.Tensor,
                      n: int, seed: int, steps: int, guidance: float) -> dict[str, Any]:
     if pipe is None or probe is None or n <= 0:
@@ -287,9 +299,9 @@ def _generation_rows(pipe: Any, probe: str | None, dm: Any, infer: GillInference
     from litbrain.evaluation.generation import load_probe, probe_accuracy
 
     pr = load_probe(probe)
-    sel = np.arange(min(n, len(idx)))
+    sel = generation_sample(len(idx), n, seed)
     targets = dm.targets[torch.tensor([dm.target_index[p] for _, p in [dm.world.prompts("heldout")[k] for k in sel]])]
-    gill_imgs = _generate(pipe, embeds[sel], dm.negative_prompt_embeds, seed, steps, guidance)
+    gill_imgs = _generate(pipe, embeds[torch.as_tensor(sel)], dm.negative_prompt_embeds, seed, steps, guidance)
     true_imgs = _generate(pipe, targets, dm.negative_prompt_embeds, seed, steps, guidance)
     labels = {k: torch.as_tensor(v[idx[sel]]) for k, v in dm.world.attrs.items()}
     acc_g = probe_accuracy(pr, gill_imgs, labels)
