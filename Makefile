@@ -90,6 +90,8 @@ wave-demo: $(STAMP)
 	  --checkpoint $(WAVE)/labels1.0_pretrained_seed0/checkpoints/last.ckpt --out_dir $(WAVE)/results_sub-03
 	$(BIN)/litbrain wave evaluate --config configs/wave/evaluate_demo.yaml \
 	  --checkpoint $(WAVE)/labels1.0_scratch_seed0/checkpoints/last.ckpt --out_dir $(WAVE)/results_scratch
+	$(BIN)/litbrain wave evaluate-seeds --data_dir data/wave_demo/prepared --raw_dir data/wave_demo/raw \
+	  --subjects '[sub-01, sub-02]' --checkpoints '[$(WAVE)/labels*_seed*/checkpoints/last.ckpt]' --out $(WAVE)/compare.json
 
 # Text-to-image latent diffusion on the 64-px stimulus world (~45 min on 2 quiet CPU cores): the world, a diffusers
 # VAE (+ its decoder fine-tuned), the world probe, the UNet (frozen VAE + frozen MiniLM), then held-out captions -> images judged by the probe.

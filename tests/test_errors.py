@@ -212,6 +212,9 @@ CASES = {
                                                      "1 atlas parcel(s) lie outside the brain mask"),
     "wave prepare: TR missing": (["wave", "prepare", "--raw_dir", "{wavenotr}", "--out_dir", "{tmp}/prepared"],
                                  "no repetition time in the NIfTI header"),
+    "wave evaluate-seeds: no checkpoint matches": (["wave", "evaluate-seeds", "--data_dir", "{waveok}",
+                                                    "--checkpoints", "[{tmp}/nothing_seed*/last.ckpt]"],
+                                                   "match no file"),
     # VLM
     "vlm fit: unknown dropping method": (["fit", "--config", str(REPO / "configs/vlm/synthetic_demo.yaml"),
                                           "--model.init_args.net.dropping.method", "random"], "dropping.method"),

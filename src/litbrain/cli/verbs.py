@@ -102,6 +102,8 @@ FAMILIES: dict[str, dict[str, Verb]] = {
                         "BIDS derivatives -> nilearn sphere parcels (confounds, detrend, z-score) in per-run shards"),
         "evaluate": Verb("litbrain.evaluation.wave:evaluate_wave",
                          "retrieval vs ridge, oracle and chance; network ablation (zeroed / keep-only) and its figure"),
+        "evaluate-seeds": Verb("litbrain.evaluation.wave:compare_wave",
+                        "test top-1 of several runs (checkpoint globs), mean +- s.d. over seeds per group, oracle, chance"),
     },
     "vlm": {
         "bench": Verb("litbrain.benchmarks.vlm_dropping:bench_vlm_dropping",

@@ -28,7 +28,7 @@ from litbrain.nn.wave import WaveEncoder
 from litbrain.utils.io import atomic_file, atomic_write_text
 
 __all__ = ["event_arrays", "retrieval", "network_ablation", "ridge_retrieval", "oracle_retrieval",
-           "ablation_figure", "rank_agreement"]
+           "ablation_figure", "rank_agreement", "compare_wave"]
 
 
 def event_arrays(dm: Any, split: str) -> dict[str, np.ndarray]:
@@ -228,4 +228,68 @@ def format_wave_table(out: dict[str, Any], subjects: list[str] | None = None) ->
         lines.append(f"ablation vs truth: Spearman {t['spearman']:.2f} over informative networks, top network "
                      f"{t['top_found']} ({'right' if t['top_right'] else 'wrong; truth ' + str(t['top_true'])}), "
                      f"uninformative all below: {t['uninformative_below']}")
+    return "\n".join(lines)
+
+
+def _run_name(checkpoint: str | Path) -> str:
+    """A checkpoint's run: the folder above ``checkpoints/`` (Lightning's layout), else the file's folder."""
+    p = Path(checkpoint)
+    return p.parent.parent.name if p.parent.name == "checkpoints" else p.parent.name
+
+
+def compare_wave(data_dir: str, checkpoints: list[str], raw_dir: str | None = None,
+                 subjects: list[str] | None = None, event_window: int = 6, out: str | None = None) -> dict[str, Any]:
+    """Test top-1 retrieval of several contrastive WAVE runs, grouped by run name without its ``_seed<N>``
+    suffix (e.g. ``labels0.2_pretrained``), with mean +- s.d. over seeds, the oracle and chance.
+
+    Args:
+        data_dir: Prepared set (``litbrain wave prepare``).
+        checkpoints: Checkpoints or releases; each may be a glob pattern (``runs/x/*_seed*/checkpoints/last.ckpt``).
+        raw_dir: The synthetic world (truth.json): adds the oracle.
+        subjects: Subjects to evaluate (``None`` = all).
+        event_window: TRs per event window (as in training).
+        out: Optional path of a JSON file with the per-run scores and the groups.
+    """
+    import glob
+
+    from litbrain.datamodules.wave.datamodule import WaveDataModule
+    from litbrain.errors import ConfigError
+
+    paths = [p for c in checkpoints for p in (sorted(glob.glob(c)) if glob.has_magic(c) else [c])]
+    if not paths:
+        raise ConfigError(f"checkpoints={checkpoints}: match no file; fix: point them at runs' checkpoints/last.ckpt")
+    dm = WaveDataModule(data_dir, subjects=subjects, mode="events", event_window=event_window, val_fraction=0.1)
+    test = event_arrays(dm, "test")
+    scores = {_run_name(p): retrieval(load_wave(p, "checkpoints"), test) for p in paths}
+    runs = {name: r["top1"] for name, r in scores.items()}
+    result: dict[str, Any] = {"runs": runs, "chance": next(iter(scores.values()))["chance"]}
+    if raw_dir is not None:
+        result["oracle"] = oracle_retrieval(raw_dir, event_arrays(dm, "train"), test)["top1"]
+    result["groups"] = seed_groups(runs)
+    if out is not None:
+        write_json(out, result)
+    print(format_compare_table(result), flush=True)
+    return result
+
+
+def seed_groups(runs: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Runs grouped by name without the ``_seed<N>`` suffix: mean, sample s.d. (0 for one seed) and count."""
+    import re
+
+    groups: dict[str, list[float]] = {}
+    for name, v in runs.items():
+        groups.setdefault(re.sub(r"_seed\d+$", "", name), []).append(v)
+    return {g: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "n": len(v)}
+            for g, v in groups.items()}
+
+
+def format_compare_table(result: dict[str, Any]) -> str:
+    """What ``litbrain wave evaluate-seeds`` prints: top-1 per run, then mean +- s.d. per group, oracle and chance."""
+    lines = [f"{'run':<34}{'test top-1':>11}", "-" * 45]
+    lines += [f"{name:<34}{v:>11.3f}" for name, v in sorted(result["runs"].items())]
+    lines += ["", f"{'group':<26}{'seeds':>6}{'mean':>8}{'s.d.':>8}", "-" * 48]
+    lines += [f"{g:<26}{s['n']:>6}{s['mean']:>8.3f}{s['sd']:>8.3f}" for g, s in sorted(result["groups"].items())]
+    if "oracle" in result:
+        lines.append(f"{'oracle':<32}{result['oracle']:>8.3f}")
+    lines.append(f"{'chance':<32}{result['chance']:>8.3f}")
     return "\n".join(lines)
