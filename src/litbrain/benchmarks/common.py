@@ -17,7 +17,8 @@ import statistics
 import time
 from typing import Any, Callable, Iterator
 
-__all__ = ["achieved", "count_flops", "fp32_peak", "interleaved", "matmul_peak", "peak_line", "threads", "time_call"]
+__all__ = ["achieved", "count_flops", "fp32_peak", "interleaved", "matmul_peak", "native_bf16", "peak_line", "threads",
+           "time_call"]
 
 
 @contextlib.contextmanager
@@ -45,13 +46,31 @@ def time_call(fn: Callable[[], Any], reps: int = 5, warmup: int = 1) -> list[flo
     return out
 
 
+def native_bf16() -> bool:
+    """Whether this CPU has bf16 matmul units (AVX-512 BF16 or AMX); without them torch emulates bf16
+    matmuls at a small fraction of the fp32 speed, so bf16 figures would say nothing about bf16."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:  # not Linux: torch's own reading of the vector unit
+        import torch
+
+        return "AVX512" in torch.backends.cpu.get_cpu_capability()
+
+
 def matmul_peak(dtypes: tuple[str, ...] = ("float32", "bfloat16"), thread_counts: tuple[int, ...] = (1, 2),
                 sizes: tuple[int, ...] = (1024, 2048), reps: int = 5) -> dict[str, float]:
-    """GFLOP/s of square matmuls per ``"<dtype>/<threads>t"``: the best size's median over ``reps``."""
+    """GFLOP/s of square matmuls per ``"<dtype>/<threads>t"``: the best size's median over ``reps``.
+
+    bf16 is measured only on CPUs with bf16 units (:func:`native_bf16`); elsewhere its keys are absent.
+    """
     import torch
 
     peaks: dict[str, float] = {}
     for dtype in dtypes:
+        if dtype == "bfloat16" and not native_bf16():
+            continue  # emulated bf16 takes minutes per matmul and is no peak of anything
         dt = getattr(torch, dtype)
         for n_threads in thread_counts:
             if n_threads > (os.cpu_count() or 1):

@@ -702,7 +702,7 @@ def bench_fmri_step(
     """
     import torch
 
-    from litbrain.benchmarks.common import count_flops, interleaved, matmul_peak, threads
+    from litbrain.benchmarks.common import count_flops, interleaved, matmul_peak, native_bf16, threads
     from litbrain.nn import BrainDecoder
     from litbrain.tasks.fmri_decoding import FmriDecodingTask, decoder_loss
     from litbrain.utils.optim import build_optimizer
@@ -745,6 +745,8 @@ def bench_fmri_step(
 
         return step, parts
 
+    # Without bf16 units torch emulates bf16 matmuls (many times slower than fp32): no bf16 row then.
+    has_bf16 = native_bf16()
     flops = count_flops(lambda: loss(False).backward())
     model.zero_grad(set_to_none=True)
     peak = matmul_peak(thread_counts=tuple(thread_counts))
@@ -753,7 +755,8 @@ def bench_fmri_step(
         with threads(n_threads):
             steps = {name: make_step(bf16, kind) for name, bf16, kind in
                      (("fp32 fused", False, "fused"), ("bf16-mixed fused", True, "fused"),
-                      ("fp32 foreach", False, "foreach"), ("fp32 default", False, "default"))}
+                      ("fp32 foreach", False, "foreach"), ("fp32 default", False, "default"))
+                     if has_bf16 or not bf16}
             timed = interleaved({k: v[0] for k, v in steps.items()}, rounds=rounds, warmup=2)
         fp32_peak = peak.get(f"float32/{n_threads}t") or max(peak.values())
         for name, (_, parts) in steps.items():
@@ -775,6 +778,8 @@ def bench_fmri_step(
     for r in result["rows"]:
         lines.append(f"{r['threads']:>7} {r['step']:<18}{r['ms']:>8.0f}{r['forward_ms']:>7.0f}{r['backward_ms']:>7.0f}"
                      f"{r['optimiser_ms']:>7.0f}{r['gflops']:>9.1f}{r['of_fp32_peak']:>12.0%}{r['vs_fp32_fused']:>9.2f}x")
+    if not has_bf16:
+        lines.append("bf16-mixed: not measured, this CPU has no bf16 units (avx512_bf16 / amx_bf16); torch would emulate it")
     if result["thread_scaling"]:
         lines.append(f"{max(thread_counts)} threads vs 1: " + ", ".join(f"{k} {v:.2f}x" for k, v in result["thread_scaling"].items()))
     print("\n".join(lines), flush=True)
